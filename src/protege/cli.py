@@ -1,0 +1,161 @@
+"""The `protege` command line. Parses arguments and calls one stage function per command.
+
+No logic lives here. Heavy modules are imported inside the commands so that `protege --help`
+starts fast. A `UserError` anywhere becomes one message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from protege.errors import UserError
+
+app = typer.Typer(
+    name="protege",
+    help="Fine-tune small LLMs on the output of large LLMs: generate, curate, train, evaluate, ship.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+data_app = typer.Typer(help="Convert and validate data files (alpaca, seed, sharegpt, openai, parquet).",
+                       no_args_is_help=True)
+models_app = typer.Typer(help="List and prepare models (offline PyPI models, hf:, gguf:, folders).",
+                         no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+FromOpt = typer.Option(None, "--from", help="Input format (default: detected): alpaca|seed|sharegpt|openai|parquet|text")
+
+
+@app.command()
+def init(
+    directory: Path = typer.Argument(..., help="Folder to create the project in."),
+    force: bool = typer.Option(False, "--force", help="Overwrite protege.yaml / seeds.jsonl if present."),
+) -> None:
+    """Scaffold a project: a commented protege.yaml and seed tasks written for protege."""
+    from protege.scaffold import init_project
+
+    written = init_project(directory, force=force)
+    for path in written:
+        out.print(f"wrote {path}", markup=False)
+    out.print(f"\nNext: edit {directory / 'protege.yaml'}, then run [bold]protege generate -c {directory / 'protege.yaml'}[/]")
+
+
+@data_app.command("convert")
+def data_convert(
+    src: Path = typer.Argument(..., help="Input file (format detected from its records)."),
+    dst: Path = typer.Argument(..., help="Output file (.json for a JSON list, .jsonl, .parquet)."),
+    to: str = typer.Option(..., "--to", help="Output format: alpaca|sharegpt|openai|parquet"),
+    from_: Optional[str] = FromOpt,
+    force: bool = typer.Option(False, "--force", help="Overwrite DST if it exists."),
+) -> None:
+    """Convert a data file between formats, losing nothing both formats can express."""
+    from protege import records
+
+    if dst.exists() and not force:
+        raise UserError(f"{dst} already exists", hint="Choose another output path, or pass --force to overwrite it.")
+    if src.resolve() == dst.resolve():
+        raise UserError("input and output are the same file", hint="Write to a new file.")
+    examples = records.read_examples(src, from_)
+    n = records.write_examples(dst, examples, to)
+    out.print(f"wrote {n} records to {dst} ({to})", markup=False)
+
+
+@data_app.command("validate")
+def data_validate(
+    path: Path = typer.Argument(..., help="File to check."),
+    from_: Optional[str] = FromOpt,
+) -> None:
+    """Report every bad record with its location and the reason (exit 2 if any)."""
+    from protege import records
+
+    fmt = from_ or records.detect_format(path)
+    total, problems = records.validate_file(path, fmt)
+    for loc, reason in problems:
+        out.print(f"{path}:{loc}: {reason}", highlight=False, markup=False)
+    bad = len({loc for loc, _ in problems})
+    if problems:
+        raise UserError(f"{path}: {bad} of {total} records are bad ({fmt} format)")
+    out.print(f"{path}: all {total} records are valid ({fmt} format)", markup=False)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Known offline models: whether their packages are installed and whether they are prepared."""
+    from rich.table import Table
+
+    from protege import models
+
+    table = Table("name", "installed", "prepared", "path / install with")
+    for st in models.list_models():
+        hint = str(st.path) if st.path else ("" if st.installed else f"pip install {' '.join(st.missing_packages[:3])}"
+                                             + (" ..." if len(st.missing_packages) > 3 else ""))
+        table.add_row(st.name, "yes" if st.installed else "no", "yes" if st.prepared else "no", hint)
+    out.print(table)
+    out.print(f"cache: {models.cache_dir()}")
+
+
+@models_app.command("prepare")
+def models_prepare(
+    spec: str = typer.Argument(..., help="A named offline model, gguf:PATH, hf:ORG/NAME or a folder."),
+    force: bool = typer.Option(False, "--force", help="Convert again even if already prepared."),
+) -> None:
+    """Assemble, verify and convert a model to a safetensors folder (once; cached)."""
+    from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    from protege import models
+
+    with Progress("[progress.description]{task.description}", BarColumn(), "[progress.percentage]{task.percentage:>3.0f}%",
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False) as progress:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, done: float, total: float) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total or None)
+            progress.update(tasks[stage], completed=done, total=total or None)
+
+        t0 = time.perf_counter()
+        path = models.prepare(spec, progress=report, force=force)
+    out.print(f"{spec}: ready at {path} ({time.perf_counter() - t0:.1f} s)", markup=False)
+
+
+def main() -> None:
+    """Console entry point: run the app, turning UserError into a clean exit 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        from rich.text import Text
+
+        err.print(Text.assemble(("error: ", "bold red"), e.message))
+        if e.hint:
+            err.print(e.hint, highlight=False, markup=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; everything written so far is kept")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except Exception as e:  # click's usage errors: show them as click does, exit 2
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

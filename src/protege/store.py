@@ -1,0 +1,225 @@
+"""The run directory: its layout and `manifest.json`. The only module that builds run paths.
+
+```
+RUN_DIR/
+  config.yaml            the resolved config of the last stage run (secrets never appear)
+  manifest.json          artifacts (sha256, records, bytes), config hashes, versions, stage timings
+  calls.sqlite           every teacher call (generate)
+  generate/raw.jsonl     generated records, provenance in meta
+  generate/failed.jsonl  requests that failed after their last retry
+  generate/dropped.jsonl generated records dropped by the generation filters, with reasons
+  data/{train,val,test}.jsonl, data/dropped.jsonl, data/card.md, data/stats/*.png   (curate)
+  student/               adapter/, merged/, checkpoints/, metrics.jsonl, preflight.txt, MODEL_CARD.md
+  eval/                  answers.jsonl, judgements.jsonl, scores.json
+  report.html, report.md
+```
+Stages read artifacts and write new ones; they never edit their inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+_TRACKED_PACKAGES = ("protege", "torch", "transformers", "peft", "trl", "accelerate", "datasets",
+                     "openai", "llama_cpp_python", "rapidfuzz", "pydantic")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 23) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunStore:
+    """Paths and manifest of one run directory."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.root = Path(run_dir)
+
+    # -- layout -------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def calls_db(self) -> Path:
+        return self.root / "calls.sqlite"
+
+    @property
+    def generate_dir(self) -> Path:
+        return self.root / "generate"
+
+    @property
+    def raw(self) -> Path:
+        return self.generate_dir / "raw.jsonl"
+
+    @property
+    def failed(self) -> Path:
+        return self.generate_dir / "failed.jsonl"
+
+    @property
+    def generate_dropped(self) -> Path:
+        return self.generate_dir / "dropped.jsonl"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def split(self, name: str) -> Path:
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}")
+        return self.data_dir / f"{name}.jsonl"
+
+    @property
+    def dropped(self) -> Path:
+        return self.data_dir / "dropped.jsonl"
+
+    @property
+    def card(self) -> Path:
+        return self.data_dir / "card.md"
+
+    @property
+    def stats_dir(self) -> Path:
+        return self.data_dir / "stats"
+
+    @property
+    def student_dir(self) -> Path:
+        return self.root / "student"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.student_dir / "checkpoints"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.student_dir / "adapter"
+
+    @property
+    def merged_dir(self) -> Path:
+        return self.student_dir / "merged"
+
+    @property
+    def metrics(self) -> Path:
+        return self.student_dir / "metrics.jsonl"
+
+    @property
+    def preflight(self) -> Path:
+        return self.student_dir / "preflight.txt"
+
+    @property
+    def model_card(self) -> Path:
+        return self.student_dir / "MODEL_CARD.md"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    def ensure(self, *dirs: Path) -> None:
+        for d in (self.root, *dirs):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # -- manifest -----------------------------------------------------------
+    def load_manifest(self) -> dict[str, Any]:
+        if self.manifest_file.exists():
+            return json.loads(self.manifest_file.read_text(encoding="utf-8"))
+        return {"protege_version": _version(), "created": now_iso(), "stages": {}, "artifacts": {}}
+
+    def _save_manifest(self, manifest: dict[str, Any]) -> None:
+        self.ensure()
+        manifest["updated"] = now_iso()
+        manifest["versions"] = package_versions()
+        tmp = self.manifest_file.with_name("manifest.json.tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(tmp, self.manifest_file)  # atomic: a crash never leaves half a manifest
+
+    def record_artifact(self, path: Path, stage: str, records: int | None = None) -> dict[str, Any]:
+        """Hash an artifact file and note it in the manifest."""
+        entry = {"stage": stage, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                 "written": now_iso()}
+        if records is not None:
+            entry["records"] = records
+        manifest = self.load_manifest()
+        manifest["artifacts"][self.relative(path)] = entry
+        self._save_manifest(manifest)
+        return entry
+
+    def relative(self, path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(path)
+
+    def write_config(self, config_yaml: str) -> Path:
+        """Save the resolved config (the caller passes YAML that holds no secrets)."""
+        self.ensure()
+        self.config_file.write_text(config_yaml, encoding="utf-8")
+        return self.config_file
+
+    @contextmanager
+    def stage(self, name: str, config_hash: str | None = None) -> Iterator[dict[str, Any]]:
+        """Time a stage and record it in the manifest, also when it fails.
+
+        Yields a dict the stage may fill with facts worth keeping (counts, inputs' hashes).
+        """
+        info: dict[str, Any] = {"started": now_iso(), "config_hash": config_hash}
+        t0 = time.perf_counter()
+        status = "failed"
+        try:
+            yield info
+            status = "ok"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            info["seconds"] = round(time.perf_counter() - t0, 3)
+            info["finished"] = now_iso()
+            info["status"] = status
+            info["argv"] = sys.argv[1:]
+            manifest = self.load_manifest()
+            manifest["stages"][name] = info
+            self._save_manifest(manifest)
+
+
+def _version() -> str:
+    from protege import __version__
+
+    return __version__

@@ -51,6 +51,24 @@ def init(
     out.print(f"\nNext: edit {directory / 'protege.yaml'}, then run [bold]protege generate -c {directory / 'protege.yaml'}[/]")
 
 
+ConfigOpt = typer.Option(..., "--config", "-c", help="The run's YAML config (see `protege init`).")
+SetOpt = typer.Option([], "--set", help="Override a config key: --set train.lr=1e-4 (repeatable).")
+
+
+def _load(config: Path, overrides: list[str]):  # -> RunConfig (imported lazily)
+    from protege.config import load_config
+
+    return load_config(config, overrides)
+
+
+@app.command("config")
+def config_show(config: Path = ConfigOpt, set_: list[str] = SetOpt) -> None:
+    """Check a config and print it resolved (defaults filled in, paths absolute)."""
+    cfg = _load(config, set_)
+    out.print(cfg.to_yaml(), markup=False, highlight=False, end="")
+    out.print(f"# {config}: valid", markup=False, highlight=False)
+
+
 @data_app.command("convert")
 def data_convert(
     src: Path = typer.Argument(..., help="Input file (format detected from its records)."),

@@ -107,6 +107,27 @@ def data_validate(
     out.print(f"{path}: all {total} records are valid ({fmt} format)", markup=False)
 
 
+@app.command()
+def dedup(
+    src: Path = typer.Argument(..., help="Input file (any supported format)."),
+    dst: Path = typer.Argument(..., help="Output file for the kept records (input format unless --to)."),
+    threshold: float = typer.Option(0.7, "--threshold", help="Drop when ROUGE-L F against a kept record is > this."),
+    field: str = typer.Option("instruction", "--field", help="Text compared: instruction|input|output|prompt."),
+    exact: bool = typer.Option(False, "--exact", help="Only drop exact duplicates (normalised text)."),
+    from_: Optional[str] = FromOpt,
+    to: Optional[str] = typer.Option(None, "--to", help="Output format (default: the input's)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite DST if it exists."),
+) -> None:
+    """Drop near-duplicates by ROUGE-L (the self-instruct filter), exactly and fast."""
+    from protege.curate.dedup_file import dedup_file
+
+    if dst.exists() and not force:
+        raise UserError(f"{dst} already exists", hint="Choose another output path, or pass --force to overwrite it.")
+    s = dedup_file(src, dst, threshold=threshold, field=field, from_=from_, to=to, exact=exact)
+    out.print(f"kept {s.kept} of {s.total}, dropped {s.dropped} in {s.seconds:.2f} s -> {s.output} "
+              f"(dropped, with matches: {s.dropped_file})", markup=False, highlight=False)
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Known offline models: whether their packages are installed and whether they are prepared."""

@@ -28,7 +28,7 @@ from protege.errors import UserError
 
 ROLES = ("system", "user", "assistant")
 READ_FORMATS = ("alpaca", "seed", "sharegpt", "openai", "parquet", "text")
-WRITE_FORMATS = ("alpaca", "sharegpt", "openai", "parquet")
+WRITE_FORMATS = ("alpaca", "seed", "sharegpt", "openai", "parquet")
 
 _SHAREGPT_ROLE = {
     "human": "user", "user": "user",
@@ -221,6 +221,20 @@ def to_alpaca(ex: Example) -> dict[str, Any]:
     return rec
 
 
+def to_seed(ex: Example) -> dict[str, Any]:
+    """Self-instruct seed-task form (what `protege init` ships and self-instruct reads)."""
+    to_alpaca(ex)  # same shape constraints: one instruction, one output, no system message
+    rec: dict[str, Any] = {k: ex.meta[k] for k in ("id", "name") if k in ex.meta}
+    rec["instruction"] = ex.instruction
+    rec["instances"] = [{"input": ex.input, "output": ex.output}, *ex.meta.get("instances", [])]
+    rec["is_classification"] = bool(ex.meta.get("is_classification", False))
+    rec.update(ex.meta.get("extra", {}))
+    meta = _meta_out(ex, ("id", "name", "input", "instances", "is_classification", "extra", "source"))
+    if meta:
+        rec["meta"] = meta
+    return rec
+
+
 def to_sharegpt(ex: Example) -> dict[str, Any]:
     rec: dict[str, Any] = dict(ex.meta.get("extra", {}))
     rec["conversations"] = [{"from": _ROLE_SHAREGPT[m["role"]], "value": m["content"]} for m in ex.messages]
@@ -239,7 +253,7 @@ def to_openai(ex: Example) -> dict[str, Any]:
     return rec
 
 
-_WRITERS = {"alpaca": to_alpaca, "sharegpt": to_sharegpt, "openai": to_openai}
+_WRITERS = {"alpaca": to_alpaca, "seed": to_seed, "sharegpt": to_sharegpt, "openai": to_openai}
 
 
 # ---------------------------------------------------------------- files
@@ -437,6 +451,8 @@ def write_examples(path: str | Path, examples: Iterable[Example], fmt: str = "op
     return len(recs)
 
 
-def format_for_path(path: str | Path) -> str:
-    """A sensible output format from a file name (used when --to is not given)."""
-    return "parquet" if Path(path).suffix == ".parquet" else "openai"
+def output_format(path: str | Path, input_format: str) -> str:
+    """The format to write when none is asked for: the input's where it can be written."""
+    if Path(path).suffix == ".parquet":
+        return "parquet"
+    return input_format if input_format in WRITE_FORMATS else "openai"

@@ -107,6 +107,26 @@ def data_validate(
     out.print(f"{path}: all {total} records are valid ({fmt} format)", markup=False)
 
 
+def _store(cfg):  # -> RunStore
+    from protege.store import RunStore
+
+    return RunStore(cfg.run_dir)
+
+
+@app.command()
+def curate(
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+    input_: Optional[Path] = typer.Option(None, "--input", help="Curate this file instead of the run's generate/raw.jsonl."),
+    no_stats: bool = typer.Option(False, "--no-stats", help="Skip the stats charts (spaCy parsing takes seconds)."),
+) -> None:
+    """Filter, dedup, decontaminate and split the data; write the dataset card and stats."""
+    from protege.curate.stage import run
+
+    cfg = _load(config, set_)
+    run(cfg, _store(cfg), input_path=input_, stats=not no_stats)
+
+
 @app.command()
 def dedup(
     src: Path = typer.Argument(..., help="Input file (any supported format)."),
@@ -135,13 +155,22 @@ def models_list() -> None:
 
     from protege import models
 
-    table = Table("name", "installed", "prepared", "path / install with")
-    for st in models.list_models():
-        hint = str(st.path) if st.path else ("" if st.installed else f"pip install {' '.join(st.missing_packages[:3])}"
-                                             + (" ..." if len(st.missing_packages) > 3 else ""))
-        table.add_row(st.name, "yes" if st.installed else "no", "yes" if st.prepared else "no", hint)
+    table = Table()
+    table.add_column("name", no_wrap=True)
+    for col in ("role", "installed", "prepared"):
+        table.add_column(col)
+    statuses = models.list_models()
+    for st in statuses:
+        info = models.KNOWN_MODELS[st.name]
+        table.add_row(st.name, info.role, "yes" if st.installed else "no", "yes" if st.prepared else "no")
     out.print(table)
-    out.print(f"cache: {models.cache_dir()}")
+    for st in statuses:
+        out.print(f"{st.name}: license: {models.KNOWN_MODELS[st.name].license}", markup=False, highlight=False)
+        if st.prepared:
+            out.print(f"{st.name}: {st.path}", markup=False, highlight=False)
+        elif not st.installed:
+            out.print(f"{st.name}: install with: {st.install_command}", markup=False, highlight=False)
+    out.print(f"cache: {models.cache_dir()} (PROTEGE_CACHE overrides)", markup=False, highlight=False)
 
 
 @models_app.command("prepare")

@@ -86,6 +86,8 @@ class GenerateConfig(_Block):
     system_prompts: list[str] | None = None
     # self-chat
     turns: int = Field(3, ge=1, le=50)
+    drop_truncated: bool = Field(
+        True, description="drop answers cut off at max_tokens (finish_reason=length) to generate/dropped.jsonl")
 
 
 class SplitConfig(_Block):
@@ -105,6 +107,12 @@ class CurateConfig(_Block):
     language: str | None = None
     decontaminate: list[str] = []
     decontam_ngram: int = Field(13, ge=1)
+    decontam_action: Literal["drop", "flag"] = Field(
+        "drop", description="drop contaminated records, or keep them marked in meta.contamination"
+    )
+    seeds_license: str | None = Field(
+        None, description="licence of the seed tasks, for the dataset card (e.g. Apache-2.0)"
+    )
     judge: TeacherConfig | None = None
     judge_threshold: int = Field(4, ge=1, le=5)
     split: SplitConfig = SplitConfig()
@@ -138,6 +146,8 @@ class TrainConfig(_Block):
     eval_every: int | None = Field(None, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1)
     seed: int = 42
+    fast_loss: bool = Field(True, description="loss on trained positions only, chunked (False: the model's "
+                            "own full-logits loss; same values, slower, more memory)")
 
 
 class EvalConfig(_Block):

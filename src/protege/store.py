@@ -114,12 +114,22 @@ class RunStore:
         return self.data_dir / "stats"
 
     @property
+    def stats_file(self) -> Path:
+        """Curate's numbers (counts per filter, lengths, diversity) as JSON."""
+        return self.stats_dir / "stats.json"
+
+    @property
     def student_dir(self) -> Path:
         return self.root / "student"
 
     @property
     def checkpoints_dir(self) -> Path:
         return self.student_dir / "checkpoints"
+
+    @property
+    def train_config(self) -> Path:
+        """The resolved training settings (config block, hardware plan, TrainingArguments) as JSON."""
+        return self.student_dir / "train_config.json"
 
     @property
     def adapter_dir(self) -> Path:

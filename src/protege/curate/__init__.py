@@ -1,0 +1,1 @@
+"""Curation of generated data: near-duplicate and exact-duplicate filters (no torch import)."""

@@ -114,6 +114,19 @@ def _store(cfg):  # -> RunStore
 
 
 @app.command()
+def generate(
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the requests, tokens and cost expected; call nothing."),
+) -> None:
+    """Ask the teacher for data: self-instruct, respond, explain or self-chat (resumable, cached)."""
+    from protege.generate import run
+
+    cfg = _load(config, set_)
+    run(cfg, _store(cfg), dry_run=dry_run)
+
+
+@app.command()
 def curate(
     config: Path = ConfigOpt,
     set_: list[str] = SetOpt,

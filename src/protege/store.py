@@ -204,6 +204,15 @@ class RunStore:
         self.config_file.write_text(config_yaml, encoding="utf-8")
         return self.config_file
 
+    def run_key(self, stage: str) -> str | None:
+        """The inputs key `protege run` recorded when `stage` last finished (None if never)."""
+        return self.load_manifest().get("run_keys", {}).get(stage)
+
+    def set_run_key(self, stage: str, key: str) -> None:
+        manifest = self.load_manifest()
+        manifest.setdefault("run_keys", {})[stage] = key
+        self._save_manifest(manifest)
+
     @contextmanager
     def stage(self, name: str, config_hash: str | None = None) -> Iterator[dict[str, Any]]:
         """Time a stage and record it in the manifest, also when it fails.

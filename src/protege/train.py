@@ -1,0 +1,261 @@
+"""`protege train`: a curated dataset -> a student model (LoRA, full fine-tune, or QLoRA on GPU).
+
+The recipe is transformers `Trainer` + PEFT + accelerate; what protege adds (see the train_* modules):
+- train_data.py      assistant-only label masks from the chat template, token-budget length-grouped batches
+- train_loss.py      loss on trained positions only, chunked (the full logits tensor is never built)
+- train_trainer.py   the Trainer subclass wiring both in; metrics JSONL + Rich progress callback
+- train_preflight.py what is about to happen, printed before step 1 (refuses hopeless configs)
+- train_presets.py   cpu / single-gpu / multi-gpu settings and the accelerate/DeepSpeed launch files
+- train_output.py    adapter, merged model, tokenizer, model card
+
+`run(cfg, store, resume=False)` is the stage function the CLI calls. `python -m protege.train -c FILE
+[--set k=v] [--resume]` runs it without the CLI (and is what `accelerate launch` starts on multi-GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from protege.config import RunConfig
+from protege.errors import UserError
+from protege.records import Example, read_examples
+from protege.store import RunStore
+
+
+def _load_data(cfg: RunConfig, store: RunStore) -> tuple[list[Example], str, list[Example]]:
+    src = Path(cfg.train.data) if cfg.train.data else store.split("train")
+    if not src.exists():
+        raise UserError(f"training data not found: {src}",
+                        hint="Run `protege curate` first, or point train.data at a data file.")
+    examples = read_examples(src)
+    if not examples:
+        raise UserError(f"{src}: no examples to train on")
+    val_path = store.split("val")
+    val = read_examples(val_path) if val_path.exists() else []
+    return examples, str(src), val
+
+
+def _governance(examples: list[Example], cfg: RunConfig) -> tuple[str, str]:
+    """Run the pre-training gate (raises UserError when blocked); returns (one-line summary, card md)."""
+    try:
+        from protege.governance import check_gate, render_governance_section
+    except ImportError:  # TODO(governance): the gate lives in protege.governance (curation issue)
+        return "gate not available (protege.governance missing)", ""
+    report = check_gate(examples, cfg)
+    teachers = getattr(report, "teachers", None) or []
+    summary = f"gate passed ({len(teachers)} teacher(s) in the data)"
+    return summary, render_governance_section(report)
+
+
+def _check_outputs(store: RunStore, resume: bool) -> str | None:
+    """The checkpoint to resume from; refuses to overwrite a finished student or stray checkpoints."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = get_last_checkpoint(str(store.checkpoints_dir)) if store.checkpoints_dir.is_dir() else None
+    if resume:
+        if ckpt is None:
+            raise UserError(f"--resume: no checkpoint in {store.checkpoints_dir}",
+                            hint="Run without --resume to start training.")
+        return ckpt
+    done = [p for p in (store.adapter_dir, store.merged_dir) if p.exists()]
+    if done or ckpt:
+        what = ", ".join(str(p) for p in done) if done else f"checkpoints in {store.checkpoints_dir}"
+        raise UserError(f"this run already has a student ({what}); training again would overwrite it",
+                        hint="Use --resume to continue from the last checkpoint, or set another run_dir.")
+    return None
+
+
+def _load_model(path: Path, cfg: RunConfig, plan: Any) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kw: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "sdpa"}
+    if cfg.train.method == "qlora":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise UserError("train.method: qlora needs bitsandbytes",
+                            hint="pip install bitsandbytes (CUDA only), or use train.method: lora.") from None
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if plan.bf16 else torch.float16)
+        kw["dtype"] = torch.bfloat16 if plan.bf16 else torch.float16
+    model = AutoModelForCausalLM.from_pretrained(path, **kw)
+    model.config.use_cache = False  # training: no KV cache (and packed/padded positions stay isolated)
+    if cfg.train.method == "full":
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.train.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.gradient_checkpointing)
+    lora = LoraConfig(r=cfg.train.lora_r, lora_alpha=cfg.train.lora_alpha, lora_dropout=cfg.train.lora_dropout,
+                      target_modules=cfg.train.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def _training_args(cfg: RunConfig, store: RunStore, plan: Any, has_val: bool) -> Any:
+    import importlib.util
+
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    eval_every = t.eval_every or (t.save_every if t.early_stopping_patience else None)
+    do_eval = has_val and eval_every is not None
+    if t.early_stopping_patience and not has_val:
+        raise UserError("train.early_stopping_patience needs a validation split",
+                        hint=f"Create {store.split('val')} (protege curate makes one) or unset the option.")
+    if t.early_stopping_patience and t.save_every % eval_every:
+        raise UserError(f"train.early_stopping_patience: save_every ({t.save_every}) must be a multiple of "
+                        f"eval_every ({eval_every}) so the best checkpoint can be restored",
+                        hint=f"--set train.eval_every={t.save_every}")
+    tb = importlib.util.find_spec("tensorboard") is not None
+    return TrainingArguments(
+        output_dir=str(store.checkpoints_dir),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=t.save_every,
+        save_total_limit=None if t.early_stopping_patience else 2,
+        eval_strategy="steps" if do_eval else "no",
+        eval_steps=eval_every if do_eval else None,
+        load_best_model_at_end=bool(t.early_stopping_patience),
+        metric_for_best_model="eval_loss" if t.early_stopping_patience else None,
+        greater_is_better=False if t.early_stopping_patience else None,
+        prediction_loss_only=True,
+        report_to=["tensorboard"] if tb else "none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        use_cpu=plan.device == "cpu",
+        bf16=plan.bf16,
+        activation_checkpointing=plan.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if plan.gradient_checkpointing else None,
+        dataloader_pin_memory=plan.device != "cpu",
+        seed=t.seed,
+        save_only_model=False,
+    )
+
+
+def run(cfg: RunConfig, store: RunStore, resume: bool = False, console: Any = None) -> dict[str, Any]:
+    """Train the student; returns a summary (paths, losses, steps, trained tokens/s, resumed step)."""
+    from rich.console import Console
+
+    console = console or Console()
+    examples, source, val_examples = _load_data(cfg, store)
+    gate_text, governance_md = _governance(examples, cfg)
+    ckpt = _check_outputs(store, resume)
+    with store.stage("train", cfg.hash()) as info:
+        result = _train(cfg, store, examples, source, val_examples, ckpt, gate_text, governance_md, console)
+        info.update({k: v for k, v in result.items() if isinstance(v, (int, float, str)) or v is None})
+    return result
+
+
+def _train(cfg: RunConfig, store: RunStore, examples: list[Example], source: str, val_examples: list[Example],
+           ckpt: str | None, gate_text: str, governance_md: str, console: Any) -> dict[str, Any]:
+    import torch
+    from transformers import AutoTokenizer, EarlyStoppingCallback
+
+    from protege import models
+    from protege.train_data import ListDataset, PadCollator, tokenize_examples
+    from protege.train_output import final_losses, model_card, save_student
+    from protege.train_preflight import available_memory, check_tokenized, memory_estimate, render
+    from protege.train_presets import resolve_plan
+    from protege.train_trainer import TokenStats, metrics_callback, trainer_class, trim_metrics
+
+    t = cfg.train
+    plan = resolve_plan(t)
+    base_dir = models.resolve(cfg.student.model)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    res = tokenize_examples(examples, tokenizer, t.prompt_format, t.max_seq_len)
+    check_tokenized(res, len(examples), t.max_seq_len, source)
+    val_res = tokenize_examples(val_examples, tokenizer, t.prompt_format, t.max_seq_len, keep_rendered=0)
+    torch.manual_seed(t.seed)
+    model = _load_model(base_dir, cfg, plan)
+    if plan.token_budget and plan.token_budget < max(len(it.input_ids) for it in res.items):
+        console.print(f"[yellow]note: examples longer than token_budget={plan.token_budget} go one per batch")
+    est = memory_estimate(model, plan, t.method, t.lora_dropout)
+    desc = f"{cfg.student.model} -> {base_dir} ({model.config.model_type})"
+    text = render(res, len(examples), source, tokenizer, cfg, plan, est, available_memory(plan.device), desc,
+                  gate_text)
+    store.ensure(store.student_dir)
+    store.preflight.write_text(text, encoding="utf-8")
+    console.print(text, markup=False, highlight=False)
+
+    stats = TokenStats()
+    resumed_step = 0
+    if ckpt:
+        state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
+        resumed_step = int(state.get("global_step", 0))
+        console.print(f"[bold]Resuming from {ckpt} (step {resumed_step})[/bold]")
+        trim_metrics(store.metrics, resumed_step)
+    callbacks = [metrics_callback(store.metrics, stats, console, show_progress=console.is_terminal)]
+    if t.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+    args = _training_args(cfg, store, plan, bool(val_res.items))
+    trainer = trainer_class()(
+        model=model, args=args, train_dataset=ListDataset(res.items),
+        eval_dataset=ListDataset(val_res.items) if val_res.items else None,
+        data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer, callbacks=callbacks,
+        token_budget=plan.token_budget, fast_loss=plan.fast_loss, stats=stats)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our callback prints/logs; no raw dicts on stdout
+    out = trainer.train(resume_from_checkpoint=ckpt)
+    if not trainer.is_world_process_zero():
+        return {"steps": out.global_step}
+    outputs = save_student(trainer.model, tokenizer, cfg, store, base_dir)
+    losses = final_losses(store.metrics)
+    resolved = {"train": t.model_dump(mode="json"), "plan": plan.to_dict(), "student_base": str(base_dir),
+                "data": source, "examples": len(res.items), "training_args": args.to_dict()}
+    store.train_config.write_text(json.dumps(resolved, indent=2, default=str), encoding="utf-8")
+    store.write_config(cfg.to_yaml())
+    store.model_card.write_text(model_card(cfg, store, source, plan.to_dict(), losses, governance_md, outputs),
+                                encoding="utf-8")
+    for p in (store.metrics, store.model_card, store.preflight, store.train_config):
+        store.record_artifact(p, "train")
+    return {**outputs, **losses, "resumed_from_step": resumed_step, "examples": len(res.items),
+            "train_runtime_s": out.metrics.get("train_runtime"),
+            "trained_tokens_per_s": round(stats.trained / out.metrics["train_runtime"], 2)
+            if out.metrics.get("train_runtime") else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m protege.train -c FILE [--set k=v ...] [--resume]` (also the `accelerate launch` entry)."""
+    import argparse
+
+    from protege.config import load_config
+
+    p = argparse.ArgumentParser(prog="python -m protege.train")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--set", action="append", default=[], dest="overrides")
+    p.add_argument("--resume", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        cfg = load_config(a.config, a.overrides)
+        result = run(cfg, RunStore(cfg.run_dir), resume=a.resume)
+    except UserError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        hint = getattr(err, "hint", None)
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

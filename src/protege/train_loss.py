@@ -1,0 +1,118 @@
+"""The fast training path: loss only on trained positions, never materialising the full logits.
+
+Why ours: a causal LM's forward computes logits for EVERY position (SmolLM2: 49,152 vocab x 4 bytes =
+192 KiB per token, plus as much again for the softmax gradient), although the loss needs only the
+positions whose next token is trained (about half of them in Alpaca-style data: prompts are untrained,
+padding is untrained). TRL's chunked output layer scores every position, also computes entropy and
+accuracy, and recomputes in backward (+40% measured in training-calibration.md). Here we run the
+backbone, gather the hidden states of the trained positions only, and compute cross-entropy AND its
+gradient chunk by chunk inside one autograd Function (the "fused linear cross-entropy" of Liger kernel,
+which needs Triton/GPU, so it is not available on CPU). Each chunk's logits live only while that chunk is
+processed: peak extra memory is `chunk x vocab x 4` bytes instead of `batch x seq x vocab x 4 x ~3`.
+Loss and gradients equal the HF model's `labels=` loss (tests/test_train.py checks this).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protege.train_data import IGNORE
+
+# Model types whose CausalLM forward is exactly `lm_head(final hidden states)` (no logit scaling or
+# soft-capping), so our loss equals theirs. Others fall back to the model's own loss.
+FAST_LOSS_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "olmo2"}
+LOGIT_CHUNK = 256  # rows per chunk: 256 x 49,152 x 4 B = 48 MiB of logits at a time
+
+
+def _fused_ce():  # type: ignore[no-untyped-def]
+    import torch
+
+    class FusedLinearCrossEntropy(torch.autograd.Function):
+        """sum_i CE(h_i @ W^T, t_i), with dL/dh and dL/dW computed in the forward pass, per chunk."""
+
+        @staticmethod
+        def forward(ctx, h, weight, targets, chunk):  # type: ignore[no-untyped-def]
+            need_h = ctx.needs_input_grad[0]
+            need_w = ctx.needs_input_grad[1]
+            w = weight.to(h.dtype)
+            total = torch.zeros((), dtype=torch.float32, device=h.device)
+            grad_h = torch.empty_like(h) if need_h else None
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_w else None
+            for s in range(0, h.shape[0], chunk):
+                hc, tc = h[s:s + chunk], targets[s:s + chunk]
+                logits = (hc @ w.T).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+                if need_h or need_w:
+                    probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place: no second buffer
+                    probs[torch.arange(tc.shape[0], device=h.device), tc] -= 1.0  # d CE / d logits
+                    p = probs.to(h.dtype)
+                    if need_h:
+                        grad_h[s:s + chunk] = p @ w
+                    if need_w:
+                        grad_w += (p.T @ hc).float()
+                del logits
+            ctx.save_for_backward(*(t for t in (grad_h, grad_w) if t is not None))
+            ctx.has = (need_h, need_w)
+            ctx.w_dtype = weight.dtype
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_out):  # type: ignore[no-untyped-def]
+            saved = list(ctx.saved_tensors)
+            need_h, need_w = ctx.has
+            gh = gw = None
+            if need_h:
+                g = saved.pop(0)
+                gh = g * grad_out.to(g.dtype)
+            if need_w:
+                gw = (saved.pop(0) * grad_out).to(ctx.w_dtype)
+            return gh, gw, None, None
+
+    return FusedLinearCrossEntropy
+
+
+_FN = None
+
+
+def fused_linear_cross_entropy_sum(h: Any, weight: Any, targets: Any, chunk: int = LOGIT_CHUNK) -> Any:
+    """Sum of token cross-entropies of `h @ weight.T` against `targets` (N x H, V x H, N)."""
+    global _FN
+    if _FN is None:
+        _FN = _fused_ce()
+    return _FN.apply(h, weight, targets, chunk)
+
+
+def backbone_and_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder backbone, lm_head) of a (PEFT-wrapped) causal LM when our fast loss applies, else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    if getattr(cfg, "model_type", None) not in FAST_LOSS_MODEL_TYPES:
+        return None
+    backbone = getattr(base, "model", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if backbone is None or head is None or getattr(head, "bias", None) is not None:
+        return None
+    return backbone, head
+
+
+def trained_positions_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None,
+                           chunk: int = LOGIT_CHUNK) -> Any:
+    """The causal-LM loss over trained positions: sum / num_items_in_batch (or mean when None).
+
+    Same normalisation as transformers' `ForCausalLMLoss`, so gradient accumulation behaves the same.
+    """
+    parts = backbone_and_head(model)
+    assert parts is not None, "trained_positions_loss needs a supported decoder (see FAST_LOSS_MODEL_TYPES)"
+    backbone, head = parts
+    out = backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    target = inputs["labels"][:, 1:]
+    keep = target != IGNORE
+    h = hidden[:, :-1][keep]
+    t = target[keep]
+    total = fused_linear_cross_entropy_sum(h, head.weight, t, chunk)
+    denom = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    if hasattr(denom, "to"):
+        denom = denom.to(total.device)
+    return total / denom

@@ -38,7 +38,7 @@ def demo_overrides(num: int, steps: int, teacher: str) -> list[str]:
     ]
 
 
-def run(directory: Path, *, num: int = 24, steps: int = 30, teacher: str = DEFAULT_TEACHER,
+def run(directory: Path, *, num: int = 12, steps: int = 20, teacher: str = DEFAULT_TEACHER,
         compare: int = 3, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Scaffold (once) and run the pipeline in `directory`; return stage outcomes and comparisons."""
     from protege import models, pipeline

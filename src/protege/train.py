@@ -40,10 +40,8 @@ def _load_data(cfg: RunConfig, store: RunStore) -> tuple[list[Example], str, lis
 
 def _governance(examples: list[Example], cfg: RunConfig) -> tuple[str, str]:
     """Run the pre-training gate (raises UserError when blocked); returns (one-line summary, card md)."""
-    try:
-        from protege.governance import check_gate, render_governance_section
-    except ImportError:  # TODO(governance): the gate lives in protege.governance (curation issue)
-        return "gate not available (protege.governance missing)", ""
+    from protege.governance import check_gate, render_governance_section
+
     report = check_gate(examples, cfg)
     teachers = getattr(report, "teachers", None) or []
     summary = f"gate passed ({len(teachers)} teacher(s) in the data)"

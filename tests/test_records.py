@@ -156,3 +156,18 @@ def test_unknown_format_and_forced_format(tmp_path: Path) -> None:
     q = write_jsonl(tmp_path / "a.jsonl", ALPACA)
     _, problems = records.validate_file(q, "sharegpt")
     assert problems and all("not sharegpt" in r for _, r in problems)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "[]"])
+def test_empty_file_has_zero_records(tmp_path: Path, content: str) -> None:
+    p = tmp_path / ("e.json" if content == "[]" else "e.jsonl")
+    p.write_text(content)
+    assert records.read_examples(p) == []
+    assert records.validate_file(p) == (0, [])
+
+
+def test_file_of_only_bad_lines_is_an_error(tmp_path: Path) -> None:
+    p = tmp_path / "bad.jsonl"
+    p.write_text("nope\nalso nope\n")
+    with pytest.raises(UserError, match="no readable record"):
+        records.detect_format(p)

@@ -71,10 +71,13 @@ def compare_answers(base_spec: str, store: Any, n: int) -> list[dict[str, str]]:
 
     from protege import models, records
 
-    test = store.split("test")
-    val = store.split("val")
-    src = test if test.exists() and test.stat().st_size else val
-    held_out = records.read_examples(src)[:n] if src.exists() else []
+    # Held-out prompts when the splits have any (a tiny demo may not): else training prompts.
+    held_out: list[records.Example] = []
+    for split in ("test", "val", "train"):
+        if store.split(split).exists():
+            held_out = records.read_examples(store.split(split))[:n]
+        if held_out:
+            break
     if not held_out:
         return []
     tok = AutoTokenizer.from_pretrained(store.merged_dir)

@@ -274,8 +274,15 @@ def detect_format(path: str | Path) -> str:
         raise UserError(f"{path}: is a folder, not a data file (or a datasets.save_to_disk folder)")
     if path.suffix == ".txt":
         return "text"
-    first = next((rec for _, rec in _iter_json(path) if not isinstance(rec, RecordError)), None)
+    seen, first = 0, None
+    for _, rec in _iter_json(path):
+        seen += 1
+        if not isinstance(rec, RecordError):
+            first = rec
+            break
     if first is None:
+        if seen == 0:  # an empty file (e.g. an empty val split) holds zero records in any format
+            return "openai"
         raise UserError(f"{path}: no readable record found", hint="Run `protege data validate` on it.")
     try:
         return record_format(first)

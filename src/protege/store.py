@@ -18,7 +18,6 @@ Stages read artifacts and write new ones; they never edit their inputs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -31,16 +30,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from protege.models import sha256_file  # the project's one streaming hasher (re-exported here)
+
 _TRACKED_PACKAGES = ("protege", "torch", "transformers", "peft", "trl", "accelerate", "datasets",
                      "openai", "llama_cpp_python", "rapidfuzz", "pydantic")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 23) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package_versions() -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 A randomly initialised ~1.1B Llama-architecture model (TinyLlama-1.1B shape: hidden 2048, 22 layers,
 32 heads / 4 KV heads, MLP 5632, vocab 32000; config only, nothing downloaded), FULL fine-tune, bf16
-autocast with fp32 master weights (what `protege train` does with bf16 on), AdamW (fused), seq 2048,
+weights (`--autocast`: fp32 weights + bf16 autocast instead), AdamW (fused), seq 2048,
 random token ids (no data files), all positions trained, through protege's Trainer subclass (token-budget
 batches + loss on trained positions, chunked). Valid for speed and memory, not for quality.
 
@@ -12,7 +12,8 @@ batches + loss on trained positions, chunked). Valid for speed and memory, not f
 Peak: H100 SXM bf16 dense 989 TFLOP/s (H200 has the same peak); pass --peak-tflops for other cards. The
 card name is printed from torch.cuda.get_device_name(). Goal in issue 5: >= 40% on one H100.
 
-    python benchmarks/bench_gpu_mfu.py                 # ~1-2 min on one H100 (steps 3 warm-up + 12 timed)
+    python benchmarks/bench_gpu_mfu.py --batch 8 --compile   # 41.7% MFU on one H100 (docs/benchmarks.md)
+    python benchmarks/bench_gpu_mfu.py                 # eager, batch 4: ~20 s on one H100
     python benchmarks/bench_gpu_mfu.py --tiny --cpu    # seconds: checks the script itself on a CPU
 """
 
@@ -33,6 +34,9 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing (memory for speed)")
     p.add_argument("--naive-loss", action="store_true", help="the model's own full-logits loss")
+    p.add_argument("--autocast", action="store_true",
+                   help="fp32 weights + bf16 autocast (default: bf16 weights, as torchtune's full fine-tunes)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (regional compile)")
     p.add_argument("--tiny", action="store_true", help="a tiny model, to test the script")
     p.add_argument("--cpu", action="store_true")
     a = p.parse_args()
@@ -55,7 +59,12 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.device("cuda" if cuda else "cpu"):
         model = LlamaForCausalLM(cfg)
+    if not a.autocast:
+        model = model.to(torch.bfloat16)
     model.config._attn_implementation = "sdpa"
+    if a.compile:  # regional compilation: one compiled graph reused by all identical decoder layers
+        for layer in model.model.layers:
+            layer.compile()
     n_all = sum(p.numel() for p in model.parameters())
     n_mm = n_all - model.get_input_embeddings().weight.numel()
 
@@ -83,7 +92,7 @@ def main() -> None:
     args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="mfu_"), per_device_train_batch_size=a.batch,
                              max_steps=a.steps, learning_rate=1e-5, logging_steps=1000, save_strategy="no",
                              report_to="none", disable_tqdm=True, remove_unused_columns=False, use_cpu=not cuda,
-                             bf16=True, optim="adamw_torch_fused" if cuda else "adamw_torch",
+                             bf16=a.autocast, optim="adamw_torch_fused" if cuda else "adamw_torch",
                              activation_checkpointing=a.checkpointing, dataloader_pin_memory=cuda,
                              activation_checkpointing_kwargs={"use_reentrant": False} if a.checkpointing else None)
     trainer = trainer_class()(model=model, args=args, train_dataset=ListDataset(items),
@@ -102,7 +111,8 @@ def main() -> None:
         "mfu_with_attention": round((6 * n_mm + attn) * tok_s / (a.peak_tflops * 1e12), 4),
         "peak_tflops": a.peak_tflops,
         "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None,
-        "checkpointing": a.checkpointing, "fast_loss": not a.naive_loss,
+        "checkpointing": a.checkpointing, "fast_loss": not a.naive_loss, "compile": a.compile, "weights": "fp32+autocast" if a.autocast else "bf16",
+        "torch": torch.__version__,
     }
     print(json.dumps(out, indent=1))
 

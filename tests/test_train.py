@@ -317,7 +317,7 @@ def test_kill_9_then_resume_continues_from_the_checkpoint(tmp_path, student_dir,
 
 
 def test_multi_gpu_preset_configs_build() -> None:
-    """The shipped FSDP and DeepSpeed ZeRO-3 launch files parse with accelerate's own config classes."""
+    """The shipped FSDP, DDP and DeepSpeed ZeRO-3 launch files parse with accelerate's own config classes."""
     from accelerate.commands.config.config_args import ClusterConfig
     from accelerate.utils import FullyShardedDataParallelPlugin
 
@@ -326,14 +326,22 @@ def test_multi_gpu_preset_configs_build() -> None:
     cfgs = load_preset_configs()
     fsdp = ClusterConfig.from_yaml_file(preset_file("fsdp"))
     assert fsdp.distributed_type.value == "FSDP" and fsdp.num_processes > 1
+    fc = fsdp.fsdp_config
     plugin = FullyShardedDataParallelPlugin(
-        fsdp_version=fsdp.fsdp_config["fsdp_version"],
-        auto_wrap_policy=fsdp.fsdp_config["fsdp_auto_wrap_policy"].lower(),
-        cpu_ram_efficient_loading=fsdp.fsdp_config["fsdp_cpu_ram_efficient_loading"],
-        reshard_after_forward=fsdp.fsdp_config["fsdp_reshard_after_forward"],
-        state_dict_type=fsdp.fsdp_config["fsdp_state_dict_type"],
+        fsdp_version=fc["fsdp_version"],
+        auto_wrap_policy=fc["fsdp_auto_wrap_policy"].lower(),
+        sharding_strategy=fc["fsdp_sharding_strategy"],
+        backward_prefetch=fc["fsdp_backward_prefetch"],
+        use_orig_params=fc["fsdp_use_orig_params"],
+        state_dict_type=fc["fsdp_state_dict_type"],
     )
-    assert plugin.fsdp_version == 2
+    # FSDP1: accelerate 1.15's FSDP2 path failed on a GPU with tied embeddings (docs/benchmarks.md)
+    assert plugin.fsdp_version == 1 and plugin.use_orig_params
+    assert plugin.sharding_strategy.name == "FULL_SHARD"
+    # these two need a GPU to build (the plugin asks for the current device), so they are checked as read
+    assert fc["fsdp_cpu_ram_efficient_loading"] is True and fc["fsdp_sync_module_states"] is True
+    ddp = ClusterConfig.from_yaml_file(preset_file("ddp"))
+    assert ddp.distributed_type.value == "MULTI_GPU" and ddp.num_processes > 1
     ds = ClusterConfig.from_yaml_file(preset_file("deepspeed"))
     assert ds.distributed_type.value == "DEEPSPEED"
     json_path = preset_file("deepspeed").parent / ds.deepspeed_config["deepspeed_config_file"]
@@ -347,3 +355,22 @@ def test_multi_gpu_preset_configs_build() -> None:
         from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
         assert HfTrainerDeepSpeedConfig(str(json_path)).is_zero3()
+
+
+def test_lora_under_fsdp_on_tied_embeddings_is_refused(tmp_path, monkeypatch) -> None:
+    """Measured on an H100: LoRA + FSDP (v1 and v2) fails on tied embeddings; full FT + FSDP and LoRA + DDP
+    ran. protege says so before loading anything, and points at the ddp preset."""
+    from protege.errors import UserError
+    from protege.train import _check_launch
+
+    tied, untied = tmp_path / "tied", tmp_path / "untied"
+    for d, tie in ((tied, True), (untied, False)):
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"tie_word_embeddings": tie}))
+    _check_launch("lora", tied)  # not under FSDP: fine
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    _check_launch("full", tied)
+    _check_launch("lora", untied)
+    with pytest.raises(UserError) as err:
+        _check_launch("lora", tied)
+    assert "ddp" in err.value.hint and "tie" in err.value.message

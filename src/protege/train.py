@@ -71,6 +71,11 @@ def _load_model(path: Path, cfg: RunConfig, plan: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     kw: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "sdpa"}
+    if cfg.train.method == "lora" and plan.device == "cuda" and plan.bf16:
+        # Frozen base in bf16 (PEFT keeps the adapters in fp32): half the memory, and attention gets bf16
+        # inputs, so SDPA can use its flash kernels (fp32 inputs of a GQA model fall back to the math path,
+        # which materialises batch x heads x seq x seq scores: measured OOM at 4 x 2048 on an H100).
+        kw["dtype"] = torch.bfloat16
     if cfg.train.method == "qlora":
         try:
             import bitsandbytes  # noqa: F401
@@ -94,6 +99,26 @@ def _load_model(path: Path, cfg: RunConfig, plan: Any) -> Any:
     lora = LoraConfig(r=cfg.train.lora_r, lora_alpha=cfg.train.lora_alpha, lora_dropout=cfg.train.lora_dropout,
                       target_modules=cfg.train.target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
+
+
+def _check_launch(method: str, base_dir: Path) -> None:
+    """Refuse the one multi-GPU combination measured to fail: (Q)LoRA under FSDP on tied embeddings."""
+    import os
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() not in ("1", "true") or method == "full":
+        return
+    try:
+        tied = json.loads((Path(base_dir) / "config.json").read_text()).get("tie_word_embeddings", False)
+    except (OSError, ValueError):
+        return
+    if tied:
+        raise UserError(
+            f"train.method: {method} under FSDP: this student ties its input and output embeddings, and LoRA "
+            "with FSDP fails on tied weights (FSDP1: use_orig_params assertion; FSDP2: 'FSDP requires a single "
+            "root module'), measured on an H100 with torch 2.11 / accelerate 1.15",
+            hint="Launch LoRA with the ddp preset: accelerate launch --config_file "
+                 "$(python -c \"import protege.train_presets as p; print(p.preset_file('ddp'))\") "
+                 "-m protege.train -c FILE. FSDP is for full fine-tunes.")
 
 
 def _training_args(cfg: RunConfig, store: RunStore, plan: Any, has_val: bool) -> Any:
@@ -181,6 +206,7 @@ def _train(cfg: RunConfig, store: RunStore, examples: list[Example], source: str
     res = tokenize_examples(examples, tokenizer, t.prompt_format, t.max_seq_len)
     check_tokenized(res, len(examples), t.max_seq_len, source)
     val_res = tokenize_examples(val_examples, tokenizer, t.prompt_format, t.max_seq_len, keep_rendered=0)
+    _check_launch(t.method, base_dir)
     torch.manual_seed(t.seed)
     model = _load_model(base_dir, cfg, plan)
     if plan.token_budget and plan.token_budget < max(len(it.input_ids) for it in res.items):

@@ -21,7 +21,16 @@ from protege.train_data import IGNORE
 # Model types whose CausalLM forward is exactly `lm_head(final hidden states)` (no logit scaling or
 # soft-capping), so our loss equals theirs. Others fall back to the model's own loss.
 FAST_LOSS_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "olmo2"}
-LOGIT_CHUNK = 256  # rows per chunk: 256 x 49,152 x 4 B = 48 MiB of logits at a time
+LOGIT_CHUNK = 256  # rows per chunk on CPU: 256 x 49,152 x 4 B = 48 MiB of logits at a time
+# Logit bytes per chunk: on CPU small chunks stay in cache-friendly sizes; on a GPU, small chunks leave
+# the matmuls too small to fill the device, so chunks there hold up to 1 GiB of fp32 logits.
+CHUNK_BYTES = {"cpu": 48 * 2**20, "cuda": 2**30}
+
+
+def chunk_rows(vocab: int, device_type: str) -> int:
+    """Rows of logits per chunk for this vocabulary and device (at least 256, at most 16,384)."""
+    budget = CHUNK_BYTES.get(device_type, CHUNK_BYTES["cpu"])
+    return max(256, min(16_384, budget // (vocab * 4)))
 
 
 def _fused_ce():  # type: ignore[no-untyped-def]
@@ -97,7 +106,7 @@ def backbone_and_head(model: Any) -> tuple[Any, Any] | None:
 
 
 def trained_positions_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None,
-                           chunk: int = LOGIT_CHUNK) -> Any:
+                           chunk: int | None = None) -> Any:
     """The causal-LM loss over trained positions: sum / num_items_in_batch (or mean when None).
 
     Same normalisation as transformers' `ForCausalLMLoss`, so gradient accumulation behaves the same.
@@ -105,12 +114,18 @@ def trained_positions_loss(model: Any, inputs: dict[str, Any], num_items_in_batc
     parts = backbone_and_head(model)
     assert parts is not None, "trained_positions_loss needs a supported decoder (see FAST_LOSS_MODEL_TYPES)"
     backbone, head = parts
-    out = backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+    mask = inputs["attention_mask"]
+    # A batch without padding needs no mask: attention then runs as plain causal (flash kernels on GPU,
+    # no materialised seq x seq mask on CPU). With padding the real mask is passed.
+    if bool(mask.all()):
+        mask = None
+    out = backbone(input_ids=inputs["input_ids"], attention_mask=mask, use_cache=False)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     target = inputs["labels"][:, 1:]
     keep = target != IGNORE
     h = hidden[:, :-1][keep]
     t = target[keep]
+    chunk = chunk or chunk_rows(head.weight.shape[0], h.device.type)
     total = fused_linear_cross_entropy_sum(h, head.weight, t, chunk)
     denom = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     if hasattr(denom, "to"):

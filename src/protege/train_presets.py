@@ -20,6 +20,7 @@ from protege.errors import UserError
 PRESET_DIR = Path(__file__).with_name("presets")
 PRESET_FILES = {
     "fsdp": "accelerate_fsdp.yaml",
+    "ddp": "accelerate_ddp.yaml",
     "deepspeed": "accelerate_deepspeed_zero3.yaml",
     "deepspeed-json": "deepspeed_zero3.json",
     "single-gpu": "accelerate_single_gpu.yaml",

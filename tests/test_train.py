@@ -3,6 +3,7 @@ that learns and generates, kill -9 + resume, preflight refusals, batching bounds
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -374,3 +375,105 @@ def test_lora_under_fsdp_on_tied_embeddings_is_refused(tmp_path, monkeypatch) ->
     with pytest.raises(UserError) as err:
         _check_launch("lora", tied)
     assert "ddp" in err.value.hint and "tie" in err.value.message
+
+
+@pytest.mark.parametrize("chunk", [16, 70, 512])
+def test_fused_linear_cross_entropy_matches_autograd_for_h_and_w(chunk: int) -> None:
+    """The chunked loss and both gradients (hidden states: LoRA; output weights: full fine-tune) equal
+    PyTorch's cross_entropy on full logits, for chunks smaller than, equal to and larger than the batch."""
+    import torch
+
+    from protege.train_loss import fused_linear_cross_entropy_sum
+
+    torch.manual_seed(0)
+    w = torch.randn(1000, 32, requires_grad=True)
+    h = torch.randn(70, 32, requires_grad=True)
+    t = torch.randint(0, 1000, (70,))
+    (fused_linear_cross_entropy_sum(h, w, t, chunk) * 0.5).backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref = torch.nn.functional.cross_entropy(h @ w.T, t, reduction="sum")
+    (ref * 0.5).backward()
+    assert torch.allclose(gh, h.grad, atol=1e-5) and torch.allclose(gw, w.grad, atol=1e-5)
+    assert abs(float(fused_linear_cross_entropy_sum(h.detach(), w.detach(), t, chunk)) - float(ref)) < 1e-3
+
+
+@pytest.mark.slow
+def test_validation_loss_early_stopping_best_checkpoint_and_tensorboard(tmp_path, tokenizer, student_dir,
+                                                                          alpaca_records) -> None:  # type: ignore[no-untyped-def]
+    """Validation loss every N steps lands in metrics.jsonl; early stopping ends the run when it stops
+    improving and the saved student is the best checkpoint's; TensorBoard events are written."""
+    from protege.config import load_config
+    from protege.store import RunStore
+    from protege.train import run
+
+    exs = _short_examples(alpaca_records, 22)
+    train_exs, val_exs = exs[:16], exs[16:]
+    data = tmp_path / "train.jsonl"
+    write_examples(data, train_exs)
+    # a learning rate far too high: the validation loss gets worse after the first evaluations, so
+    # patience 1 must stop the run early
+    cfg = load_config(_write_cfg(tmp_path, data, max_steps=16, lr=0.05, batch_size=4, save_every=2,
+                                 eval_every=2, early_stopping_patience=1, warmup_ratio=0.0))
+    store = RunStore(cfg.run_dir)
+    store.split("val").parent.mkdir(parents=True, exist_ok=True)
+    write_examples(store.split("val"), val_exs)
+    result = run(cfg, store)
+
+    metrics = [json.loads(x) for x in store.metrics.read_text().splitlines()]
+    evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
+    assert [s for s, _ in evals] == list(range(2, 2 * len(evals) + 1, 2))  # every eval_every steps
+    assert result["steps"] < 16, "early stopping did not stop the run"
+    best = min(v for _, v in evals)
+    assert evals[-1][1] > best  # it stopped because the last evaluation did not improve
+    items = tokenize_examples(val_exs, tokenizer, "chat", 1024).items
+    assert abs(_mean_loss(store.merged_dir, tokenizer, items) - best) < 1e-3  # the best checkpoint was kept
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert list(store.checkpoints_dir.rglob("events.out.tfevents.*")), "no TensorBoard events written"
+
+
+def test_shared_prefix_len_counts_common_real_tokens() -> None:
+    import torch
+
+    from protege.train_loss import shared_prefix_len
+
+    ids = torch.tensor([[1, 2, 3, 4, 5, 0], [1, 2, 3, 9, 0, 0], [1, 2, 3, 4, 7, 7]])
+    mask = (ids != 0).long()
+    assert shared_prefix_len(ids, mask) == 3
+    assert shared_prefix_len(ids[:1], mask[:1]) == 0  # one row: nothing to share
+    same = torch.tensor([[5, 6, 7], [5, 6, 7]])
+    assert shared_prefix_len(same, torch.ones_like(same)) == 2  # at least one token of each row stays
+
+
+def test_shared_prefix_path_equals_plain_path_loss_and_grads(tokenizer, student_dir, alpaca_records) -> None:  # type: ignore[no-untyped-def]
+    """The chat template's common prefix computed once (keys/values expanded to the batch) gives the same
+    loss and LoRA gradients as computing every row in full, with padding in the batch."""
+    import torch
+
+    from protege.config import RunConfig
+    from protege.train import _load_model
+    from protege.train_loss import shared_prefix_len, trained_positions_loss
+    from protege.train_presets import resolve_plan
+
+    res = tokenize_examples([from_alpaca(r) for r in alpaca_records[:5]], tokenizer, "chat", 512)
+    ds = ListDataset(res.items)
+    batch = PadCollator(tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
+    assert len(set(batch["attention_mask"].sum(1).tolist())) > 1  # rows of different lengths: padding
+    assert shared_prefix_len(batch["input_ids"], batch["attention_mask"]) >= 8  # the template's header
+    cfg = RunConfig(run_dir="unused")
+    torch.manual_seed(0)
+    model = _load_model(student_dir, cfg, resolve_plan(cfg.train))
+    with torch.no_grad():  # non-zero adapters, so the k/v adapters of the prefix matter
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    out = {}
+    for share in (False, True):
+        model.zero_grad()
+        loss = trained_positions_loss(model, batch, share_prefix=share)
+        loss.backward()
+        out[share] = (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert abs(out[True][0] - out[False][0]) < 1e-5
+    assert out[True][1].keys() == out[False][1].keys() and len(out[True][1]) == 420  # 210 adapted layers x A, B
+    for name, g in out[False][1].items():
+        assert torch.allclose(out[True][1][name], g, atol=1e-6, rtol=1e-4), name

@@ -2,7 +2,8 @@
 
 The recipe is transformers `Trainer` + PEFT + accelerate; what protege adds (see the train_* modules):
 - train_data.py      assistant-only label masks from the chat template, token-budget length-grouped batches
-- train_loss.py      loss on trained positions only, chunked (the full logits tensor is never built)
+- train_loss.py      loss on trained positions only, chunked (the full logits tensor is never built);
+                     the batch's common prefix (chat template header) computed once
 - train_trainer.py   the Trainer subclass wiring both in; metrics JSONL + Rich progress callback
 - train_preflight.py what is about to happen, printed before step 1 (refuses hopeless configs)
 - train_presets.py   cpu / single-gpu / multi-gpu settings and the accelerate/DeepSpeed launch files

@@ -26,8 +26,9 @@ PRESET_FILES = {
     "single-gpu": "accelerate_single_gpu.yaml",
 }
 # Token budget per micro-batch by preset (padded tokens). CPU: chosen by measurement so that peak RSS
-# stays under 4 GiB for SmolLM2-135M LoRA r16 all-linear, dropout 0.05: 3.2 MiB of activations per padded
-# token on the fast path (2.3 MiB with lora_dropout 0), plus ~0.9 GiB of runtime and touched weights.
+# stays under 4 GiB for SmolLM2-135M LoRA r16 all-linear: ~2.3 MiB of activations per padded token on the
+# fast path at lora_dropout 0 (3.2 MiB at 0.05), plus ~0.9 GiB of runtime and touched weights; 2.8 GiB
+# peak measured over a full epoch. 1024 gave the same throughput with more memory (docs/benchmarks.md).
 CPU_TOKEN_BUDGET = 768
 GPU_TOKEN_BUDGET = 16384
 

@@ -44,8 +44,8 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
 
-    from protege.train_data import ListDataset, PadCollator, Tokenized
-    from protege.train_trainer import TokenStats, trainer_class
+    from protege.train.data import ListDataset, PadCollator, Tokenized
+    from protege.train.trainer import TokenStats, trainer_class
 
     cuda = torch.cuda.is_available() and not a.cpu
     if a.tiny:

@@ -98,7 +98,7 @@ def reference_kept(texts: list[str], kept_tokens: list[list[str]] | None = None)
 
 
 def case_reference_1000() -> dict:
-    from protege.curate.rouge import dedup
+    from protege.rouge import dedup
 
     texts = instructions()[:1000]
     t0, c0 = time.perf_counter(), cpu()
@@ -120,7 +120,7 @@ def case_reference_1000() -> dict:
 def case_last_20() -> dict:
     from rouge_score import rouge_scorer
 
-    from protege.curate.rouge import RougeDeduper, dedup
+    from protege.rouge import RougeDeduper, dedup
 
     texts = instructions()
     kept = dedup(texts, THRESHOLD).kept
@@ -143,7 +143,7 @@ def case_last_20() -> dict:
 
 
 def case_full() -> dict:
-    from protege.curate.rouge import dedup
+    from protege.rouge import dedup
 
     texts = instructions()
     t0, c0 = time.perf_counter(), cpu()
@@ -153,7 +153,7 @@ def case_full() -> dict:
 
 
 def case_52k() -> dict:
-    from protege.curate.rouge import dedup
+    from protege.rouge import dedup
 
     base = instructions()
     texts = base + near_duplicates(base, 52_002 - len(base))
@@ -166,7 +166,7 @@ def case_52k() -> dict:
 
 END_TO_END = f"""
 import json, resource
-from protege.curate.rouge import dedup
+from protege.rouge import dedup
 seen = {{}}
 for name in {FILES!r}:
     for rec in json.load(open({str(DATA)!r} + '/' + name)):

@@ -12,7 +12,7 @@ on other records (allocator and kernels warm), then starts from a fresh optimize
            the batch, loss via `labels=` (full logits). Runs through protege's Trainer subclass with both
            protege features off (token_budget=None -> Trainer's own RandomSampler dataloader;
            fast_loss=False -> Trainer's own compute_loss); the subclass only counts tokens.
-- protege: `protege.train` CPU defaults (train_presets.resolve_plan): <= 8 sequences and <= token budget
+- protege: `protege.train` CPU defaults (train.presets.resolve_plan): <= 8 sequences and <= token budget
            padded tokens per batch, length-grouped, loss on trained positions only.
 
 Metric: trained (label) and real (non-padding) tokens per second over the epoch, padded/real tokens,
@@ -45,11 +45,11 @@ def child(variant: str, n_records: int, budget: int | None, lora_dropout: float 
     from protege.config import RunConfig
     from protege.records import from_alpaca
     from protege.store import RunStore
-    from protege.train import _load_model, _training_args
-    from protege.train_data import ListDataset, PadCollator, tokenize_examples
-    from protege.train_loss import trained_positions_loss
-    from protege.train_presets import resolve_plan
-    from protege.train_trainer import TokenStats, trainer_class
+    from protege.train.stage import load_model, training_args
+    from protege.train.data import ListDataset, PadCollator, tokenize_examples
+    from protege.train.loss import trained_positions_loss
+    from protege.train.presets import resolve_plan
+    from protege.train.trainer import TokenStats, trainer_class
 
     recs = json.loads(DATA.read_text())
     examples = [from_alpaca(r) for r in recs[:n_records]]
@@ -71,7 +71,7 @@ def child(variant: str, n_records: int, budget: int | None, lora_dropout: float 
     tok = AutoTokenizer.from_pretrained(base)
     res = tokenize_examples(examples, tok, "chat", cfg.train.max_seq_len)
     torch.manual_seed(0)
-    model = _load_model(base, cfg, plan)
+    model = load_model(base, cfg, plan)
     collate = PadCollator(tok.pad_token_id)
 
     # untimed warm-up: one forward/backward of a mid-length batch of other records, then clean grads
@@ -93,7 +93,7 @@ def child(variant: str, n_records: int, budget: int | None, lora_dropout: float 
         def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
             marks["t1"] = time.perf_counter()
 
-    args = _training_args(cfg, RunStore(cfg.run_dir), plan, has_val=False)
+    args = training_args(cfg, RunStore(cfg.run_dir), plan, has_val=False)
     args.report_to = []
     trainer = trainer_class()(model=model, args=args, train_dataset=ListDataset(res.items),
                               data_collator=collate, processing_class=tok,

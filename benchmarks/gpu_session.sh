@@ -54,7 +54,7 @@ done
 rm -rf "$W/run"
 for pm in ${LAUNCH:-fsdp:full ddp:lora}; do
   preset=${pm%%:*}; method=${pm#*:}
-  PF=$($PY -c "import protege.train_presets as p; print(p.preset_file('$preset'))")
+  PF=$($PY -c "import protege.train.presets as p; print(p.preset_file('$preset'))")
   rm -rf "$W/run"
   step "train $method $preset" timeout 120 $PY -m accelerate.commands.launch --config_file "$PF" --num_processes 1 \
     -m protege.train -c "$W/cfg.yaml" --set train.method=$method 2>&1 | tee "$OUT/train_${preset}_$method.log" | tail -4

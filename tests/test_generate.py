@@ -58,18 +58,17 @@ def test_output_add_keeps_the_original_and_duplicates_get_own_sample(url, tmp_pa
     assert sorted(r["meta"].get("sample_index", -1) for r in raw) == [-1, -1, 0, 1]
 
 
-def test_respond_without_instructions_is_a_user_error(url, tmp_path):
-    cfg = validate_config({"run_dir": str(tmp_path / "run"), "teacher": {"kind": "openai", "model": "m"},
-                           "generate": {"mode": "respond"}})
+def test_respond_without_instructions_is_a_user_error(tmp_path):
+    # A config rule now (tests/test_config_rules.py runs it through `protege config`): refused before generate.
     with pytest.raises(UserError, match="generate.instructions"):
-        generate.run(cfg, RunStore(cfg.run_dir))
+        validate_config({"run_dir": str(tmp_path / "run"), "teacher": {"kind": "openai", "model": "m"},
+                         "generate": {"mode": "respond"}})
 
 
-def test_budget_without_prices_is_a_user_error(url, tmp_path):
-    cfg = validate_config({"run_dir": str(tmp_path / "run"), "teacher": {"kind": "openai", "model": "m"},
-                           "generate": {"mode": "self-instruct", "budget_usd": 1.0}})
+def test_budget_without_prices_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="price_input_per_mtok"):
-        generate.run(cfg, RunStore(cfg.run_dir))
+        validate_config({"run_dir": str(tmp_path / "run"), "teacher": {"kind": "openai", "model": "m"},
+                         "generate": {"mode": "self-instruct", "budget_usd": 1.0}})
 
 
 def test_torn_last_line_after_a_crash_is_cut_and_redone(url, tmp_path):

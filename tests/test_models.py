@@ -330,7 +330,7 @@ def test_gguf_spec_cache_entry_is_stem_plus_sha12(tmp_path, monkeypatch, _offlin
     d.mkdir(parents=True)
     (d / "config.json").write_text("{}")
     (d / MARKER_NAME).write_text(json.dumps({"source_sha256": sha}))
-    monkeypatch.setattr(models, "_convert", lambda *a, **k: pytest.fail("must not convert again"))
+    monkeypatch.setattr(models, "convert", lambda *a, **k: pytest.fail("must not convert again"))
     assert models.resolve(f"gguf:{f}") == d
     assert models.prepare(str(f)) == d
 

@@ -17,7 +17,7 @@ import yaml
 
 from protege.errors import UserError
 from protege.records import Example, from_alpaca, write_examples
-from protege.train_data import (IGNORE, ListDataset, PadCollator, TokenBudgetBatchSampler, tokenize_examples)
+from protege.train.data import (IGNORE, ListDataset, PadCollator, TokenBudgetBatchSampler, tokenize_examples)
 
 REPO = Path(__file__).resolve().parents[1]
 ALPACA = REPO.parent / "shared" / "data" / "alpaca" / "alpagasus_random_9k.json"
@@ -107,7 +107,7 @@ def test_alpaca_format_trains_outputs_and_eos(tokenizer) -> None:  # type: ignor
 
 
 def test_nothing_to_learn_is_refused_not_dropped(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    from protege.train_preflight import check_tokenized
+    from protege.train.preflight import check_tokenized
 
     exs = [_chat("Hi", "Hello"), Example(messages=[{"role": "user", "content": "only a question"}], meta={})]
     res = tokenize_examples(exs, tokenizer, "chat", 1024)
@@ -182,8 +182,8 @@ def test_fast_loss_equals_naive_loss_and_grads_and_per_step(tmp_path, tokenizer,
     import torch
     from transformers import TrainingArguments
 
-    from protege.train_loss import trained_positions_loss
-    from protege.train_trainer import trainer_class
+    from protege.train.loss import trained_positions_loss
+    from protege.train.trainer import trainer_class
 
     res = tokenize_examples([from_alpaca(r) for r in alpaca_records[:8]], tokenizer, "chat", 256)
     ds = ListDataset(res.items)
@@ -322,7 +322,7 @@ def test_multi_gpu_preset_configs_build() -> None:
     from accelerate.commands.config.config_args import ClusterConfig
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    from protege.train_presets import load_preset_configs, preset_file
+    from protege.train.presets import load_preset_configs, preset_file
 
     cfgs = load_preset_configs()
     fsdp = ClusterConfig.from_yaml_file(preset_file("fsdp"))
@@ -362,18 +362,18 @@ def test_lora_under_fsdp_on_tied_embeddings_is_refused(tmp_path, monkeypatch) ->
     """Measured on an H100: LoRA + FSDP (v1 and v2) fails on tied embeddings; full FT + FSDP and LoRA + DDP
     ran. protege says so before loading anything, and points at the ddp preset."""
     from protege.errors import UserError
-    from protege.train import _check_launch
+    from protege.train.stage import check_launch
 
     tied, untied = tmp_path / "tied", tmp_path / "untied"
     for d, tie in ((tied, True), (untied, False)):
         d.mkdir()
         (d / "config.json").write_text(json.dumps({"tie_word_embeddings": tie}))
-    _check_launch("lora", tied)  # not under FSDP: fine
+    check_launch("lora", tied)  # not under FSDP: fine
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    _check_launch("full", tied)
-    _check_launch("lora", untied)
+    check_launch("full", tied)
+    check_launch("lora", untied)
     with pytest.raises(UserError) as err:
-        _check_launch("lora", tied)
+        check_launch("lora", tied)
     assert "ddp" in err.value.hint and "tie" in err.value.message
 
 
@@ -383,7 +383,7 @@ def test_fused_linear_cross_entropy_matches_autograd_for_h_and_w(chunk: int) -> 
     PyTorch's cross_entropy on full logits, for chunks smaller than, equal to and larger than the batch."""
     import torch
 
-    from protege.train_loss import fused_linear_cross_entropy_sum
+    from protege.train.loss import fused_linear_cross_entropy_sum
 
     torch.manual_seed(0)
     w = torch.randn(1000, 32, requires_grad=True)
@@ -435,7 +435,7 @@ def test_validation_loss_early_stopping_best_checkpoint_and_tensorboard(tmp_path
 def test_shared_prefix_len_counts_common_real_tokens() -> None:
     import torch
 
-    from protege.train_loss import shared_prefix_len
+    from protege.train.loss import shared_prefix_len
 
     ids = torch.tensor([[1, 2, 3, 4, 5, 0], [1, 2, 3, 9, 0, 0], [1, 2, 3, 4, 7, 7]])
     mask = (ids != 0).long()
@@ -451,9 +451,9 @@ def test_shared_prefix_path_equals_plain_path_loss_and_grads(tokenizer, student_
     import torch
 
     from protege.config import RunConfig
-    from protege.train import _load_model
-    from protege.train_loss import shared_prefix_len, trained_positions_loss
-    from protege.train_presets import resolve_plan
+    from protege.train.stage import load_model
+    from protege.train.loss import shared_prefix_len, trained_positions_loss
+    from protege.train.presets import resolve_plan
 
     res = tokenize_examples([from_alpaca(r) for r in alpaca_records[:5]], tokenizer, "chat", 512)
     ds = ListDataset(res.items)
@@ -462,7 +462,7 @@ def test_shared_prefix_path_equals_plain_path_loss_and_grads(tokenizer, student_
     assert shared_prefix_len(batch["input_ids"], batch["attention_mask"]) >= 8  # the template's header
     cfg = RunConfig(run_dir="unused")
     torch.manual_seed(0)
-    model = _load_model(student_dir, cfg, resolve_plan(cfg.train))
+    model = load_model(student_dir, cfg, resolve_plan(cfg.train))
     with torch.no_grad():  # non-zero adapters, so the k/v adapters of the prefix matter
         for name, p in model.named_parameters():
             if "lora_B" in name:

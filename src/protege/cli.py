@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from protege.errors import UserError
+from protege.errors import UserError, report
 
 app = typer.Typer(
     name="protege",
@@ -175,6 +175,17 @@ def train(
     run(cfg, _store(cfg), resume=resume, console=out)
 
 
+@app.command("eval")
+def eval_(config: Path = ConfigOpt, set_: list[str] = SetOpt) -> None:
+    """Candidates answer the sets; a judge compares them (win rates with CIs); IFEval, ROUGE-L, cost table."""
+    from protege.evaluate import run
+
+    cfg = _load(config, set_)
+    scores = run(cfg, _store(cfg), say=lambda m: out.print(m, markup=False, highlight=False))
+    out.print(f"Scores: {_store(cfg).scores}", markup=False, highlight=False)
+    out.print(scores["headline"], markup=False, highlight=False)
+
+
 @app.command("run")
 def run_all(
     config: Path = ConfigOpt,
@@ -258,28 +269,67 @@ def models_prepare(
     out.print(f"{spec}: ready at {path} ({time.perf_counter() - t0:.1f} s)", markup=False)
 
 
+_signal_received: list[int] = []
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM stops a run like Ctrl-C: the same clean path (requests cancelled, files closed)."""
+    import signal
+
+    _signal_received.append(signum)
+    handler = signal.getsignal(signal.SIGINT)  # asyncio's (cancels the main task) or Python's default
+    if callable(handler) and handler is not _on_sigterm:
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+def _interrupted() -> int:
+    """The one-line message after Ctrl-C/SIGTERM; exit 130 (SIGINT) or 143 (SIGTERM)."""
+    import shlex
+    import signal
+
+    args = sys.argv[1:]
+    if args[:1] == ["train"] and "--resume" not in args:
+        args = [*args, "--resume"]
+    term = bool(_signal_received)
+    err.print(f"{'terminated' if term else 'interrupted'}; everything written so far is kept. "
+              f"Resume with: protege {shlex.join(args)}", markup=False, highlight=False)
+    return 128 + (signal.SIGTERM if term else signal.SIGINT)
+
+
 def main() -> None:
-    """Console entry point: run the app, turning UserError into a clean exit 2."""
+    """Console entry point: run the app, turning UserError into a clean exit 2, Ctrl-C into 130,
+    SIGTERM into 143 (both with how to resume), and an unusable user path into exit 2."""
+    import signal
+
+    from protege.paths import USER_PATH_ERRNOS, user_path_error
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app(standalone_mode=False)
     except UserError as e:
-        from rich.text import Text
-
-        err.print(Text.assemble(("error: ", "bold red"), e.message))
-        if e.hint:
-            err.print(e.hint, highlight=False, markup=False)
-        sys.exit(2)
+        sys.exit(report(e))
     except KeyboardInterrupt:
-        err.print("interrupted; everything written so far is kept")
-        sys.exit(130)
+        sys.exit(_interrupted())
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
+    except typer.Abort as e:
+        if isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
+            sys.exit(_interrupted())
         err.print("aborted")
         sys.exit(1)
+    except OSError as e:
+        # The last net for writes on the user's paths (read-only, full, no permission, a file in the
+        # way) that no stage turned into a UserError itself (protege.paths does it where it writes).
+        if e.errno not in USER_PATH_ERRNOS:
+            raise
+        sys.exit(report(user_path_error(e)))
     except Exception as e:  # click's usage errors: show them as click does, exit 2
         import click
 
+        if isinstance(e, click.exceptions.Abort) and isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
+            sys.exit(_interrupted())
         if isinstance(e, click.ClickException):
             e.show()
             sys.exit(e.exit_code)

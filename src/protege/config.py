@@ -19,9 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from protege.errors import UserError
+
+
+# Languages the curate language filter knows (its script heuristic lives in curate/filters.py).
+SUPPORTED_LANGUAGES = ("ar", "de", "el", "en", "es", "fr", "he", "hi", "it", "ja", "ko", "nl", "pt", "ru", "th",
+                       "uk", "zh")
 
 
 class _Block(BaseModel):
@@ -45,6 +50,10 @@ class TeacherConfig(_Block):
     tokens_per_minute: float | None = Field(None, gt=0)
     timeout_s: float = Field(120, gt=0)
     max_retries: int = Field(6, ge=0, le=100)
+    max_consecutive_failures: int = Field(
+        8, ge=1, le=100000,
+        description="circuit breaker: stop the run after this many failed attempts in a row with no success "
+                    "(429 rate limits excluded); everything received is kept and a rerun resumes")
     json_mode: bool = False
     # USD per million tokens; None = not priced (the cost ledger then says "unknown").
     price_input_per_mtok: float | None = Field(None, ge=0)
@@ -52,6 +61,23 @@ class TeacherConfig(_Block):
     # Local backends (llamacpp/hf/vllm).
     n_ctx: int = Field(4096, ge=256)
     n_threads: int | None = Field(None, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_is_http(cls, v: str | None) -> str | None:
+        # A typo in a URL must read as a config error, not as a slow teacher.
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018  (raises ValueError on a bad port)
+        except ValueError as err:
+            raise ValueError(f"not a valid URL ({err}); write it like http://127.0.0.1:8000/v1") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or " " in v:
+            raise ValueError("must be an http:// or https:// URL with a host, like http://127.0.0.1:8000/v1")
+        return v
 
     @field_validator("api_key_env")
     @classmethod
@@ -63,6 +89,15 @@ class TeacherConfig(_Block):
                 "never the key itself"
             )
         return v
+
+    @model_validator(mode="after")
+    def _backend_fits_model(self) -> TeacherConfig:
+        if self.kind == "llamacpp" and self.model.startswith("hf:"):
+            raise ValueError(f"kind llamacpp runs GGUF files, but model {self.model!r} is a Hugging Face repo: "
+                             "use kind: hf, or a gguf:PATH / named offline model")
+        if self.kind != "openai" and self.base_url is not None:
+            raise ValueError(f"base_url is for kind: openai (an HTTP endpoint); kind {self.kind} runs in-process")
+        return self
 
 
 class SamplingConfig(_Block):
@@ -91,11 +126,27 @@ class GenerateConfig(_Block):
     drop_truncated: bool = Field(
         True, description="drop answers cut off at max_tokens (finish_reason=length) to generate/dropped.jsonl")
 
+    @model_validator(mode="after")
+    def _consistent(self) -> GenerateConfig:
+        if self.num_generated_in_prompt > self.num_prompt_tasks:
+            raise ValueError(f"num_generated_in_prompt ({self.num_generated_in_prompt}) is larger than "
+                             f"num_prompt_tasks ({self.num_prompt_tasks}): lower it")
+        if self.mode in ("respond", "explain") and not self.instructions:
+            raise ValueError(f"mode {self.mode} answers given instructions: set generate.instructions to a file "
+                             "of them (any supported format; a .txt with one per line works)")
+        return self
+
 
 class SplitConfig(_Block):
     val: float = Field(0.05, ge=0, lt=1)
     test: float = Field(0.05, ge=0, lt=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> SplitConfig:
+        if self.val + self.test >= 1:
+            raise ValueError(f"val {self.val} + test {self.test} leave nothing to train on: keep their sum below 1")
+        return self
 
 
 class CurateConfig(_Block):
@@ -118,6 +169,13 @@ class CurateConfig(_Block):
     judge: TeacherConfig | None = None
     judge_threshold: int = Field(4, ge=1, le=5)
     split: SplitConfig = SplitConfig()
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, v: str | None) -> str | None:
+        if v is not None and v not in SUPPORTED_LANGUAGES:
+            raise ValueError(f"the language filter knows {', '.join(SUPPORTED_LANGUAGES)}; set null to skip it")
+        return v
 
 
 class StudentConfig(_Block):
@@ -150,13 +208,82 @@ class TrainConfig(_Block):
     seed: int = 42
     fast_loss: bool = Field(True, description="loss on trained positions only, chunked (False: the model's "
                             "own full-logits loss; same values, slower, more memory)")
+    fused_loss: Literal["auto", "liger", "protege"] = Field(
+        "auto", description="kernel of the fast loss: liger (liger-kernel's fused linear cross-entropy, CUDA), "
+        "protege (ours, chunked, any device); auto = liger on CUDA when liger-kernel is installed")
+    compile: bool | None = Field(
+        None, description="regional torch.compile of each decoder layer; null = preset (on with CUDA + "
+        "Triton, off on CPU where it was measured slower)")
+    master_weights: bool = Field(
+        True, description="full fine-tunes with bf16 weights (GPU): AdamW steps fp32 master copies "
+        "(false: AdamW on the bf16 weights themselves, 8 bytes/parameter less; small updates are lost)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.fused_loss == "liger" and not self.fast_loss:
+            raise ValueError("fused_loss: liger is a kernel of the fast loss; it needs fast_loss: true")
+        if self.fused_loss == "liger" and self.preset == "cpu":
+            raise ValueError("fused_loss: liger needs a CUDA GPU (Triton kernels); use fused_loss: protege or auto "
+                             "with preset: cpu")
+        if self.early_stopping_patience:
+            every = self.eval_every or self.save_every
+            if self.save_every % every:
+                raise ValueError(f"early_stopping_patience: save_every ({self.save_every}) must be a multiple of "
+                                 f"eval_every ({every}) so the best checkpoint can be restored "
+                                 f"(e.g. eval_every: {self.save_every})")
+        if self.method == "qlora" and self.preset == "cpu":
+            raise ValueError("method qlora needs a CUDA GPU (bitsandbytes 4-bit); use method: lora with preset: cpu")
+        return self
+
+
+# Candidate names with a meaning of their own in eval.candidates (docs/evaluate.md).
+EVAL_RESERVED = ("student", "base", "teacher", "reference")
+
+
+class CandidateConfig(TeacherConfig):
+    """An eval candidate given as a block: any model a teacher block can name, under a name of your choice."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in EVAL_RESERVED:
+            raise ValueError(f"{v!r} names a built-in candidate ({', '.join(EVAL_RESERVED)}): pick another name, "
+                             f"or write the plain string {v!r} in the list")
+        return v
 
 
 class EvalConfig(_Block):
-    sets: list[str] = []
-    candidates: list[Literal["student", "base", "teacher"]] = ["student", "base", "teacher"]
+    sets: list[str] = Field([], description="eval files in any supported format (detected from their fields)")
+    test_split: bool = Field(True, description="also evaluate the run's held-out test split when it exists")
+    candidates: list[str | CandidateConfig] = Field(
+        ["student", "base", "teacher"],
+        description="student | base | teacher | reference | a model spec | a file of answers | a block "
+                    "{name, kind, model, ...}")
     judge: TeacherConfig | None = None
     max_prompts: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(512, ge=1, le=32768, description="cap on each answer; answers that hit it are counted")
+    temperature: float = Field(0.0, ge=0, le=2, description="0 = greedy (the default)")
+    batch_size: int = Field(8, ge=1, le=256, description="prompts generated together by local candidates")
+    seed: int = Field(0, description="bootstrap resampling (and sampling when temperature > 0)")
+    bootstrap: int = Field(2000, ge=100, le=100000, description="bootstrap resamples for the 95% intervals")
+    grade: bool = Field(False, description="also grade every answer 1-10 (MT-bench style single-answer grading)")
+    judge_max_tokens: int = Field(256, ge=16, le=4096)
+    usd_per_hour: float | None = Field(
+        None, ge=0, description="what the machine running local candidates costs per hour: prices self-hosted answers")
+    in_run: bool = Field(False, description="`protege run` runs eval after train")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalConfig:
+        names = [c if isinstance(c, str) else c.name for c in self.candidates]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"candidates appear twice: {', '.join(dupes)} (each candidate once; give blocks "
+                             "distinct names)")
+        if not names:
+            raise ValueError("candidates is empty: list at least one (e.g. [student, base, teacher])")
+        return self
 
 
 class TermsOverride(_Block):
@@ -188,6 +315,16 @@ class RunConfig(_Block):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     governance: GovernanceConfig = GovernanceConfig()
+
+    @model_validator(mode="after")
+    def _cross_block(self) -> RunConfig:
+        t, g = self.teacher, self.generate
+        if t is not None and g.budget_usd is not None and (t.price_input_per_mtok is None
+                                                            or t.price_output_per_mtok is None):
+            raise ValueError("generate.budget_usd is set but the teacher has no prices, so spend cannot be counted: "
+                             "set teacher.price_input_per_mtok and teacher.price_output_per_mtok (USD per million "
+                             "tokens), or cap with generate.max_requests")
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
@@ -339,7 +476,28 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
         if node is None or getattr(node, "kind", None) == "openai":
             continue  # an API model name is not a path
         setattr(node, field, _resolve_model_spec(getattr(node, field), base))
+    _resolve_eval_models(cfg.eval, base)
     return cfg
+
+
+def _resolve_eval_models(ev: EvalConfig, base: Path) -> None:
+    """eval.candidates (model specs, answer files, blocks) and eval.judge, relative to the config's folder."""
+    out: list[str | CandidateConfig] = []
+    for c in ev.candidates:
+        if isinstance(c, CandidateConfig):
+            if c.kind != "openai":
+                c.model = _resolve_model_spec(c.model, base)
+        elif c not in EVAL_RESERVED:
+            p = Path(c).expanduser()
+            is_file = (base / p).is_file() or p.suffix.lower() in (".json", ".jsonl", ".parquet", ".gguf")
+            if is_file and not c.startswith(("hf:", "gguf:")):
+                c = str(p if p.is_absolute() else (base / p).resolve())
+            else:
+                c = _resolve_model_spec(c, base)
+        out.append(c)
+    ev.candidates = out
+    if ev.judge is not None and ev.judge.kind != "openai":
+        ev.judge.model = _resolve_model_spec(ev.judge.model, base)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

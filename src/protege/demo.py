@@ -65,11 +65,14 @@ def run(directory: Path, *, num: int = 12, steps: int = 20, teacher: str = DEFAU
 
 
 def compare_answers(base_spec: str, store: Any, n: int) -> list[dict[str, str]]:
-    """Greedy answers of the base model and the fine-tuned student on held-out prompts."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Greedy answers of the base model and the fine-tuned student on held-out prompts.
 
-    from protege import models, records
+    Both answer through the teachers' engine (`kind: hf` on their directories): batched, and cached in the
+    run's call log, so a rerun of the demo computes nothing again.
+    """
+    from protege import records
+    from protege.config import TeacherConfig
+    from protege.teachers import Request, complete_all
 
     # Held-out prompts when the splits have any (a tiny demo may not): else training prompts.
     held_out: list[records.Example] = []
@@ -80,16 +83,13 @@ def compare_answers(base_spec: str, store: Any, n: int) -> list[dict[str, str]]:
             break
     if not held_out:
         return []
-    tok = AutoTokenizer.from_pretrained(store.merged_dir)
     rows: list[dict[str, str]] = [{"prompt": ex.prompt, "reference": ex.output} for ex in held_out]
-    for name, path in (("base", models.resolve(base_spec)), ("student", store.merged_dir)):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        for row in rows:
-            ids = tok.apply_chat_template([{"role": "user", "content": row["prompt"]}],
-                                          add_generation_prompt=True, return_tensors="pt", return_dict=True)
-            with torch.no_grad():
-                outp = model.generate(**ids, max_new_tokens=96, do_sample=False,
-                                      pad_token_id=tok.pad_token_id or tok.eos_token_id)
-            row[name] = tok.decode(outp[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-        del model
+    requests = [Request(messages=[{"role": "user", "content": row["prompt"]}],
+                        sampling={"temperature": 0.0, "max_tokens": 96}) for row in rows]
+    student = store.merged_dir if store.merged_dir.exists() else store.adapter_dir
+    for name, spec in (("base", base_spec), ("student", str(student))):
+        results = complete_all(TeacherConfig(kind="hf", model=spec, max_concurrency=len(requests)), requests,
+                               store.calls_db)
+        for row, r in zip(rows, results):
+            row[name] = r.completion.text.strip() if r is not None and r.ok else f"(no answer: {r and r.error})"
     return rows

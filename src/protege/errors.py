@@ -19,3 +19,16 @@ class UserError(Exception):
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.message if self.hint is None else f"{self.message}\n{self.hint}"
+
+
+def report(err: UserError) -> int:
+    """Print a UserError on stderr (message, then its hint) and return its exit code.
+
+    The one place a UserError becomes output: the CLI and every `python -m protege.<stage>` entry call it.
+    """
+    import sys
+
+    print(f"error: {err.message}", file=sys.stderr)
+    if err.hint:
+        print(err.hint if err.hint.lower().startswith("hint") else f"hint: {err.hint}", file=sys.stderr)
+    return err.exit_code

@@ -10,7 +10,7 @@ RUN_DIR/
   generate/dropped.jsonl generated records dropped by the generation filters, with reasons
   data/{train,val,test}.jsonl, data/dropped.jsonl, data/card.md, data/stats/*.png   (curate)
   student/               adapter/, merged/, checkpoints/, metrics.jsonl, preflight.txt, MODEL_CARD.md
-  eval/                  answers.jsonl, judgements.jsonl, scores.json
+  eval/                  answers/<set>__<candidate>.jsonl, judgements.jsonl, scores.json
   report.html, report.md
 ```
 Stages read artifacts and write new ones; they never edit their inputs.
@@ -19,7 +19,6 @@ Stages read artifacts and write new ones; they never edit their inputs.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 import time
@@ -30,7 +29,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from protege.models import sha256_file  # the project's one streaming hasher (re-exported here)
+from protege.errors import UserError
+from protege.hashing import sha256_file
+from protege.paths import atomic_write_text, ensure_dir
 
 _TRACKED_PACKAGES = ("protege", "torch", "transformers", "peft", "trl", "accelerate", "datasets",
                      "openai", "llama_cpp_python", "rapidfuzz", "pydantic")
@@ -149,6 +150,22 @@ class RunStore:
         return self.root / "eval"
 
     @property
+    def eval_answers_dir(self) -> Path:
+        return self.eval_dir / "answers"
+
+    def eval_answers(self, set_name: str, candidate: str) -> Path:
+        """One candidate's answers to one eval set: eval/answers/<set>__<candidate>.jsonl."""
+        return self.eval_answers_dir / f"{set_name}__{candidate}.jsonl"
+
+    @property
+    def judgements(self) -> Path:
+        return self.eval_dir / "judgements.jsonl"
+
+    @property
+    def scores(self) -> Path:
+        return self.eval_dir / "scores.json"
+
+    @property
     def report_html(self) -> Path:
         return self.root / "report.html"
 
@@ -157,22 +174,35 @@ class RunStore:
         return self.root / "report.md"
 
     def ensure(self, *dirs: Path) -> None:
+        """Create the run directory and `dirs` in it; a path that cannot be created or written
+        (a file in the way, read-only, no permission, a symlink loop) is a UserError naming it."""
         for d in (self.root, *dirs):
-            d.mkdir(parents=True, exist_ok=True)
+            ensure_dir(d)
 
     # -- manifest -----------------------------------------------------------
     def load_manifest(self) -> dict[str, Any]:
         if self.manifest_file.exists():
-            return json.loads(self.manifest_file.read_text(encoding="utf-8"))
+            try:
+                manifest = json.loads(self.manifest_file.read_text(encoding="utf-8"))
+            except (ValueError, OSError) as err:
+                raise UserError(f"{self.manifest_file}: unreadable ({type(err).__name__}: {err})",
+                                hint="It is written by protege; restore it, or move it away to start a new "
+                                     "manifest (the artifacts themselves are untouched).") from None
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict) \
+                    or not isinstance(manifest.get("artifacts", {}), dict):
+                raise UserError(f"{self.manifest_file}: not a protege manifest",
+                                hint="Move it away to start a new manifest, or use another run_dir.")
+            manifest.setdefault("stages", {})
+            manifest.setdefault("artifacts", {})
+            return manifest
         return {"protege_version": _version(), "created": now_iso(), "stages": {}, "artifacts": {}}
 
     def _save_manifest(self, manifest: dict[str, Any]) -> None:
         self.ensure()
         manifest["updated"] = now_iso()
         manifest["versions"] = package_versions()
-        tmp = self.manifest_file.with_name("manifest.json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        os.replace(tmp, self.manifest_file)  # atomic: a crash never leaves half a manifest
+        # atomic: a crash never leaves half a manifest
+        atomic_write_text(self.manifest_file, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
     def record_artifact(self, path: Path, stage: str, records: int | None = None) -> dict[str, Any]:
         """Hash an artifact file and note it in the manifest."""
@@ -191,10 +221,14 @@ class RunStore:
         except ValueError:
             return str(path)
 
+    def write_text(self, path: Path, text: str) -> Path:
+        """Write an artifact atomically (temp file + rename): never torn, errors name the path."""
+        return atomic_write_text(path, text)
+
     def write_config(self, config_yaml: str) -> Path:
         """Save the resolved config (the caller passes YAML that holds no secrets)."""
         self.ensure()
-        self.config_file.write_text(config_yaml, encoding="utf-8")
+        atomic_write_text(self.config_file, config_yaml)
         return self.config_file
 
     def run_key(self, stage: str) -> str | None:

@@ -9,7 +9,7 @@ import pytest
 
 from protege.curate.decontam import decontaminate, load_eval_ngrams
 from protege.curate.filters import Drops
-from protege.curate.rouge import tokenize
+from protege.rouge import tokenize
 from protege.errors import UserError
 from protege.records import Example, read_examples
 

@@ -137,7 +137,7 @@ def test_near_duplicates_on_real_instructions_record_match_and_score(shared_data
         assert d.meta["dropped_by"] == "near_duplicate"
         assert d.meta["rougeL"] > 0.7
         # the matched kept text is the original or an earlier near-identical one
-        from protege.curate.rouge import rougeL_f, tokenize
+        from protege.rouge import rougeL_f, tokenize
 
         assert rougeL_f(tokenize(d.meta["near_duplicate_of"]), tokenize(d.prompt)) == pytest.approx(d.meta["rougeL"])
     assert len(kept) + len(drops.records) == len(items)
@@ -155,19 +155,3 @@ def test_build_filters_follows_the_config():
     assert drops.counts == {"blocklist": 1, "exact_duplicate": 1, "length": 1}
 
 
-# Replies in the shapes judges give (written by us after the AlpaGasus prompt's format).
-@pytest.mark.parametrize("reply,expected", [
-    ("Score: 4\nReason: Correct and clear, but misses one edge case.", (4, "Correct and clear, but misses one edge case")),
-    ("**Score:** 2 out of 5\n**Reason:** The code does not run.", (2, "The code does not run")),
-    ("Rating: 5/5. Reason: complete and accurate.", (5, "complete and accurate")),
-    ("3\nThe answer is partly wrong about the dates.", (3, "The answer is partly wrong about the dates")),
-    ("I think this response is quite good overall.", None),
-    ("Score: 9\nReason: great", None),
-])
-def test_parse_judgement(reply, expected):
-    assert F.parse_judgement(reply) == expected
-
-
-def test_judge_prompt_holds_the_record():
-    text = F.JUDGE_TEMPLATE.format(instruction="Add 2 and 2.", output="4")
-    assert "Add 2 and 2." in text and "\n4\n" in text and "Score: <1-5>" in text

@@ -60,6 +60,7 @@ class Stats:
     first_ts: float | None = None
     last_ts: float | None = None
     ok_times: list = field(default_factory=list)
+    model_checks: int = 0  # GET /v1/models (preflight checks)
 
 
 def _unit(*parts: object) -> float:
@@ -186,6 +187,16 @@ class FaultServer:
         @app.post("/v1/completions")
         async def completions(request: Request) -> Response:
             return await self._handle(request, chat=False)
+
+        @app.get("/v1/models")
+        async def models() -> Response:
+            # Like OpenAI/vLLM/llama.cpp: the route a client's preflight check asks (not counted
+            # as a request). An always-failing server fails here too.
+            self.stats.model_checks += 1
+            if self.faults.status_always:
+                return JSONResponse({"error": {"message": "Incorrect API key provided: sk-abc***xyz"}},
+                                    status_code=self.faults.status_always)
+            return JSONResponse({"object": "list", "data": [{"id": "fault-model", "object": "model"}]})
 
         @app.get("/admin/stats")
         async def stats() -> dict[str, Any]:

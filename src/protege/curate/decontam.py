@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protege.curate.filters import Drops
-from protege.curate.rouge import tokenize
+from protege.rouge import tokenize
 from protege.errors import UserError
 from protege.records import Example, read_examples
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protege import records
-from protege.curate import rouge
+from protege import rouge
 from protege.errors import UserError
 
 FIELDS = ("instruction", "input", "output", "prompt")

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
+from protege.config import SUPPORTED_LANGUAGES as _CONFIG_LANGUAGES
 from protege.config import CurateConfig
 from protege.records import Example
 
@@ -189,6 +190,7 @@ _LANG_SCRIPT = {"en": "latin", "de": "latin", "fr": "latin", "es": "latin", "it"
                 "ar": "arabic", "he": "hebrew", "hi": "devanagari", "zh": "han", "ja": "kana",
                 "ko": "hangul", "th": "thai"}
 SUPPORTED_LANGUAGES = tuple(sorted(_LANG_SCRIPT))
+assert SUPPORTED_LANGUAGES == _CONFIG_LANGUAGES, "config.SUPPORTED_LANGUAGES must list the same languages"
 _LANG_NAMES = ("english", "french", "german", "spanish", "italian", "portuguese", "dutch",
                "russian", "chinese", "japanese", "korean", "arabic", "hindi", "greek", "hebrew")
 
@@ -272,7 +274,7 @@ def _field(ex: Example, name: str) -> str:
 def exact_duplicates(examples: Iterable[Example], drops: Drops) -> Iterator[Example]:
     """Drop records whose whole conversation equals an earlier one's after normalisation
     (case, whitespace, surrounding punctuation: `rouge.normalize`)."""
-    from protege.curate.rouge import normalize
+    from protege.rouge import normalize
 
     first: dict[tuple[str, ...], int] = {}
     for i, ex in enumerate(examples):
@@ -290,7 +292,7 @@ def near_duplicates(examples: Iterable[Example], drops: Drops, threshold: float 
     """The self-instruct / Alpaca rule: drop a record whose `field` has ROUGE-L F > threshold
     against an earlier kept record's (exact scores, `rouge.dedup`). Records the matched text
     and score. Materialises the stream: the batch form is much faster than one by one."""
-    from protege.curate.rouge import dedup
+    from protege.rouge import dedup
 
     items = list(examples)
     result = dedup([_field(ex, field) for ex in items], threshold=threshold, references=references)
@@ -336,82 +338,24 @@ def apply(examples: Iterable[Example], chain: Iterable[tuple[str, Filter]]) -> I
 
 # ---------------------------------------------------------------- LLM judge (AlpaGasus-style)
 
-# Our wording of AlpaGasus's rating prompt: a 1..5 score first, then a short reason.
-JUDGE_SYSTEM = "You are a careful, strict reviewer of training data for AI assistants."
-JUDGE_TEMPLATE = """Rate the response to the instruction below for helpfulness and accuracy.
-
-Instruction:
-{instruction}
-
-Response:
-{output}
-
-Give a score from 1 (useless or wrong) to 5 (excellent: correct, complete, well written).
-Reply in exactly this form:
-Score: <1-5>
-Reason: <one short sentence>"""
-
-_SCORE_RX = re.compile(r"(?:score|rating)\s*[:=]?\s*\**\s*([1-5])(?:\s*(?:/|out of)\s*5)?\b", re.IGNORECASE)
-_LEAD_RX = re.compile(r"^\W*([1-5])(?:\s*(?:/|out of)\s*5)?\b")
-_REASON_RX = re.compile(r"(?:reason|explanation)\s*[:=]\s*(.+)", re.IGNORECASE)
-
-
-def parse_judgement(text: str) -> tuple[int, str] | None:
-    """(score 1..5, reason) from a judge's reply, or None when it holds no score.
-
-    Pure: accepts `Score: 4`, `Rating: 4/5`, `**Score:** 4 out of 5` or a reply that starts
-    with the number; the reason is the `Reason:` line, else the rest of the reply.
-    """
-    m = _SCORE_RX.search(text) or _LEAD_RX.search(text)
-    if m is None:
-        return None
-    r = _REASON_RX.search(text)
-    reason = (r.group(1) if r else (text[: m.start()] + " " + text[m.end():])).strip(" *\n\t.:")
-    return int(m.group(1)), " ".join(reason.split())[:300]
-
 
 def llm_judge(examples: Iterable[Example], drops: Drops, cfg: Any, threshold: int = 4,
               calls_db: Any = None) -> Iterator[Example]:
-    """Rate each record 1..5 with a teacher-shaped judge (`cfg`: a TeacherConfig); drop those
-    below `threshold`, keep the rest with `meta.judge = {score, reason, model}`. A record the
-    judge could not rate (failed call, no score in the reply) is kept and marked, since a
-    failure says nothing about its quality. Calls go through the teacher engine (cache, retries,
-    rate limits) and are logged in `calls_db` when given."""
-    import asyncio
-
-    from protege.teachers import Request, build_engine, build_teacher
-    from protege.teachers.cache import CallLog
+    """Rate each record 1..5 with a teacher-shaped judge (`cfg`: a TeacherConfig; `protege.judge.rate`); drop
+    those below `threshold`, keep the rest with `meta.judge = {score, reason, model, prompt_sha256}`. A record
+    the judge could not rate (failed call, no score in the reply) is kept and marked, since a failure says
+    nothing about its quality."""
+    from protege import judge
 
     items = list(examples)
-    teacher = build_teacher(cfg)
-    engine = build_engine(teacher, CallLog(calls_db) if calls_db is not None else None, cfg)
-    requests = [Request(messages=[{"role": "system", "content": JUDGE_SYSTEM},
-                                  {"role": "user", "content": JUDGE_TEMPLATE.format(
-                                      instruction=ex.prompt, output=ex.output)}],
-                        sampling={"temperature": 0.0, "max_tokens": 128}, tag=i)
-                for i, ex in enumerate(items)]
-
-    async def ask() -> dict[int, Any]:
-        out = {}
-        try:
-            async for result in engine.map(requests):
-                out[result.request.tag] = result
-        finally:
-            await teacher.aclose()
-        return out
-
-    results = asyncio.run(ask())
-    for i, ex in enumerate(items):
-        r = results.get(i)
-        parsed = parse_judgement(r.completion.text) if r is not None and r.ok else None
-        if parsed is None:
-            why = "no score in the judge's reply" if r is not None and r.ok else (
-                r.error if r is not None and r.error else "not sent (a cap was reached)")
-            yield Example(ex.messages, {**ex.meta, "judge": {"score": None, "error": why, "model": cfg.model}})
+    sha = judge.prompt_hashes()["judge_pointwise"]
+    ratings = judge.rate([(ex.prompt, ex.output) for ex in items], cfg, calls_db)
+    for ex, r in zip(items, ratings):
+        if r.score is None:
+            yield Example(ex.messages, {**ex.meta, "judge": {"score": None, "error": r.error, "model": cfg.model}})
             continue
-        score, reason = parsed
-        judged = {"score": score, "reason": reason, "model": cfg.model}
-        if score < threshold:
-            drops(ex, "llm_judge", f"judge score {score} < {threshold}: {reason}", judge=judged)
+        judged = {"score": r.score, "reason": r.reason, "model": cfg.model, "prompt_sha256": sha}
+        if r.score < threshold:
+            drops(ex, "llm_judge", f"judge score {r.score} < {threshold}: {r.reason}", judge=judged)
         else:
             yield Example(ex.messages, {**ex.meta, "judge": judged})

@@ -44,7 +44,7 @@ def nearest_rouge(texts: Sequence[str], sample: int = 1000, seed: int = 0) -> li
     from rapidfuzz.distance import LCSseq
     from rapidfuzz.process import cdist
 
-    from protege.curate.rouge import tokenize
+    from protege.rouge import tokenize
 
     if len(texts) < 2:
         return []

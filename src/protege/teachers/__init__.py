@@ -8,7 +8,7 @@ only when called, so optional dependencies (llama-cpp-python, vllm) are needed o
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from protege.teachers.base import Completion, Request, Teacher, TeacherError
 
@@ -75,8 +75,46 @@ def build_engine(teacher: Teacher, calls: CallLog | None, tcfg: TeacherConfig,
         timeout_s=None if local else tcfg.timeout_s, max_retries=tcfg.max_retries,
         price_input_per_mtok=tcfg.price_input_per_mtok, price_output_per_mtok=tcfg.price_output_per_mtok,
         budget_usd=gcfg.budget_usd if gcfg else None, max_requests=gcfg.max_requests if gcfg else None,
-        seed=gcfg.seed if gcfg else None,
+        seed=gcfg.seed if gcfg else None, max_consecutive_failures=tcfg.max_consecutive_failures,
     )
 
 
-__all__ = ["BACKENDS", "Completion", "Request", "Teacher", "TeacherError", "build_engine", "build_teacher"]
+def complete_all(tcfg: TeacherConfig, requests: list[Request], calls_db: Any = None,
+                 gcfg: GenerateConfig | None = None, on_result: Callable[[Any], None] | None = None) -> list[Any]:
+    """Answer every request with the model of `tcfg` through the engine; one `engine.Result` per request, in order.
+
+    The one way any model answers a list of prompts: a teacher, a judge, the student or its base (`kind: hf`
+    on a directory, `llamacpp` on a GGUF). Answers are cached in `calls_db` (SQLite) when given, so a rerun
+    computes only what is new; local backends batch concurrent requests. `on_result` sees each result as it
+    arrives (progress bars).
+    """
+    import asyncio
+
+    from protege.teachers.cache import CallLog
+
+    calls = CallLog(calls_db) if calls_db is not None else None
+    tagged = [Request(r.messages, r.prompt, r.sampling, r.sample_index, r.json_mode, tag=i)
+              for i, r in enumerate(requests)]
+
+    async def go() -> list[Any]:
+        teacher = build_teacher(tcfg)
+        engine = build_engine(teacher, calls, tcfg, gcfg)
+        out: list[Any] = [None] * len(tagged)
+        try:
+            async for result in engine.map(tagged):
+                out[result.request.tag] = result
+                if on_result is not None:
+                    on_result(result)
+        finally:
+            await teacher.aclose()
+        return out
+
+    try:
+        return asyncio.run(go())
+    finally:
+        if calls is not None:
+            calls.close()
+
+
+__all__ = ["BACKENDS", "Completion", "Request", "Teacher", "TeacherError", "build_engine", "build_teacher",
+           "complete_all"]

@@ -7,7 +7,12 @@
 - retries with exponential backoff and jitter that honour `Retry-After`, a per-request timeout,
   and failures after the last retry returned as results (never fatal to a run);
 - a token and cost ledger, and hard caps (`budget_usd`, `max_requests`): at a cap the engine
-  issues nothing more, lets the requests in flight finish, and says why it stopped.
+  issues nothing more, lets the requests in flight finish, and says why it stopped;
+- a fail-fast path for a dead or misconfigured teacher: `preflight()` asks it once before a run,
+  a fatal error (bad key, unknown model or route, malformed URL, DNS, TLS) stops the engine, and a
+  circuit breaker stops it after `max_consecutive_failures` failed attempts in a row with no
+  success (429s excluded: a rate-limiting server is alive). Such a halt cancels the requests in
+  flight and the retry waits at once; they come back as `stopped` results (asked again on a rerun).
 
 Why hand-written: the SDK's retry loop is per call and invisible (no logging, no budget, no
 shared limiter), and no library combines a persistent response cache with these caps.
@@ -22,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from protege.errors import UserError
 from protege.teachers.base import Completion, Request, Teacher, TeacherError
 from protege.teachers.cache import CallLog
 
@@ -96,7 +102,8 @@ class Engine:
                  timeout_s: float | None = 120, max_retries: int = 6,
                  price_input_per_mtok: float | None = None, price_output_per_mtok: float | None = None,
                  budget_usd: float | None = None, max_requests: int | None = None,
-                 backoff_base_s: float = 1.0, backoff_max_s: float = 60.0, seed: int | None = None) -> None:
+                 backoff_base_s: float = 1.0, backoff_max_s: float = 60.0, seed: int | None = None,
+                 max_consecutive_failures: int | None = 8) -> None:
         self.teacher = teacher
         self.calls = calls
         self.model = teacher.info.get("model", "?")
@@ -110,6 +117,10 @@ class Engine:
         self.backoff_max_s = backoff_max_s
         self.ledger = Ledger(priced=None not in self.prices)
         self.stop_reason: str | None = None
+        self.fatal = False  # halted: a fatal error or the circuit breaker (no request can succeed)
+        self.max_consecutive_failures = max_consecutive_failures
+        self._consecutive_failures = 0
+        self._halt: asyncio.Event | None = None  # made in the running loop (see _halt_event)
         self._sem = asyncio.Semaphore(max_concurrency)
         self._rpm = RateLimiter(requests_per_minute) if requests_per_minute else None
         self._tpm = RateLimiter(tokens_per_minute) if tokens_per_minute else None
@@ -140,6 +151,60 @@ class Engine:
                 spent = self.ledger.cost_usd
                 return f"budget_usd reached (spent ${spent:.4f} of ${self.budget_usd:.4f})"
         return None
+
+    # -- failing fast -------------------------------------------------------------------------
+    async def preflight(self, timeout_s: float | None = None) -> None:
+        """Ask the teacher once whether anyone answers there (backends with a `check()`).
+
+        Raises UserError naming the endpoint and the error on no reply (refused, DNS, TLS,
+        malformed URL, timeout), a bad key or an unknown model/route: a dead or misconfigured
+        teacher then fails in seconds instead of looking like a slow one.
+        """
+        check = getattr(self.teacher, "check", None)
+        if check is None:
+            return
+        limit = min(self.timeout_s or 30.0, 30.0) if timeout_s is None else timeout_s
+        try:
+            await asyncio.wait_for(check(limit), limit + 5)
+        except TeacherError as err:
+            if not err.fatal:
+                return
+            raise UserError(f"the teacher at {self._where()} cannot be used: {err}",
+                            hint="Fix teacher.base_url / teacher.api_key_env / teacher.model (or start the "
+                                 "server), then run again; nothing was sent or written.") from None
+        except (asyncio.TimeoutError, TimeoutError):
+            raise UserError(f"the teacher at {self._where()} gave no reply within {limit:g} s",
+                            hint="Is it the right host and port, and is the server up? Then run again.") from None
+
+    def _where(self) -> str:
+        return str(getattr(self.teacher, "base_url", None) or self.teacher.info.get("endpoint", "?"))
+
+    def _halt_event(self) -> asyncio.Event:
+        if self._halt is None:
+            self._halt = asyncio.Event()
+        return self._halt
+
+    def _trip(self, reason: str) -> None:
+        """Stop issuing, and wake every retry wait: nothing more can succeed."""
+        if not self.fatal:
+            self.stop_reason, self.fatal = reason, True
+        self._halt_event().set()
+
+    def _count_failure(self, error: str, status: int | None) -> None:
+        if status == 429:  # rate limited: the server is alive and answering
+            return
+        self._consecutive_failures += 1
+        n = self.max_consecutive_failures
+        if n is not None and self._consecutive_failures >= n:
+            self._trip(f"circuit breaker: {self._consecutive_failures} attempts in a row failed with no "
+                       f"success (teacher.max_consecutive_failures: {n}); last error: {error}")
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep `delay` seconds, or less if the engine halts meanwhile."""
+        try:
+            await asyncio.wait_for(self._halt_event().wait(), delay)
+        except (asyncio.TimeoutError, TimeoutError):
+            pass
 
     # -- one request --------------------------------------------------------------------------
     def lookup(self, request: Request) -> Result | None:
@@ -173,7 +238,7 @@ class Engine:
                 break
             if attempt <= self.max_retries:
                 self.ledger.retries += 1
-                await asyncio.sleep(delay)
+                await self._pause(delay)
         self.ledger.failed += 1
         return Result(request, key, error=error, attempts=attempt)
 
@@ -204,18 +269,20 @@ class Engine:
         except TeacherError as err:
             error, status_code = str(err), err.status
             if err.fatal:
-                self.stop_reason = f"stopped after a fatal teacher error: {error}"
+                self._trip(f"stopped after a fatal teacher error: {error}")
             delay = self._backoff(attempt, err.retry_after) if err.retryable else None
         except (asyncio.TimeoutError, TimeoutError):
             error, delay = f"timed out after {self.timeout_s} s", self._backoff(attempt, None)
         else:
             completion.latency_s = time.perf_counter() - t0
+            self._consecutive_failures = 0
             return None, "", self._answered(request, key, completion, attempt, est_tokens)
         finally:
             self._in_flight -= 1
             self._reserved_usd -= est_cost
         if self._tpm:
             self._tpm.refund(est_tokens)  # failed calls rarely count against token limits
+        self._count_failure(error, status_code)
         label = str(status_code) if status_code else error.split(":")[0][:40]
         self.ledger.errors_by_status[label] = self.ledger.errors_by_status.get(label, 0) + 1
         if self.calls is not None:
@@ -258,7 +325,7 @@ class Engine:
         else:
             it = iter(source)
             next_request = lambda: next(it, None)  # noqa: E731
-        pending: set[asyncio.Task[Result]] = set()
+        pending: dict[asyncio.Task[Result], tuple[Request, str]] = {}
         # Finished tasks report themselves here. (`asyncio.wait(pending, FIRST_COMPLETED)` would
         # add and remove a callback on every pending task for each wake-up: O(max_concurrency)
         # work per result, which showed in profiles at high concurrency.)
@@ -276,15 +343,27 @@ class Engine:
                         continue
                     task = asyncio.ensure_future(self._run_one(request, key))
                     task.add_done_callback(done.put_nowait)
-                    pending.add(task)
+                    pending[task] = (request, key)
                 if not pending:
                     return
                 finished = [await done.get()]
                 while not done.empty():
                     finished.append(done.get_nowait())
                 for task in finished:
-                    pending.discard(task)
-                    yield task.result()
+                    if pending.pop(task, None) is not None:
+                        yield task.result()
+                if self.fatal and pending:
+                    # Halted: what is in flight cannot succeed (or would hang until its timeout).
+                    # Cancel it and report it as not sent; a rerun asks again.
+                    for task, (request, key) in list(pending.items()):
+                        task.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                    for task, (request, key) in list(pending.items()):
+                        del pending[task]
+                        if not task.cancelled() and task.exception() is None:
+                            yield task.result()
+                        else:
+                            yield Result(request, key, error=self.stop_reason, stopped=True)
         finally:
             for task in pending:
                 task.cancel()

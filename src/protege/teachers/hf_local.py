@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protege.teachers._local import MicroBatcher, sampling_seed
+from protege.teachers.local import MicroBatcher, sampling_seed
 from protege.teachers.base import Completion, Request
 
 
@@ -17,18 +17,19 @@ class HFTeacher:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from protege.models import resolve
+        from protege.models import public_id, resolve
 
         path = resolve(spec)
         self._torch = torch
         self.spec = spec
+        self.name = public_id(spec)  # provenance: never an absolute path of this machine
         self.tok = AutoTokenizer.from_pretrained(path)
         self.tok.padding_side = "left"  # generation continues from the right end of every row
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(self.device).eval()
-        self.info = {"kind": "hf", "endpoint": "in-process", "model": spec}
+        self.info = {"kind": "hf", "endpoint": "in-process", "model": self.name}
         self._batcher = MicroBatcher(self._run, max_batch=batch_size)
 
     def _text(self, request: Request) -> str:
@@ -58,7 +59,7 @@ class HFTeacher:
             tokens = row if n is None else row[:n]
             finish = "stop" if n is not None or len(tokens) < max_new else "length"
             results.append(Completion(self.tok.decode(tokens, skip_special_tokens=True), finish,
-                                      int(mask.sum()), len(tokens), self.spec))
+                                      int(mask.sum()), len(tokens), self.name))
         return results
 
     def _eos_ids(self) -> list[int]:

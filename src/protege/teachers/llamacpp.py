@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from protege.errors import UserError
-from protege.teachers._local import MicroBatcher, from_openai_dict, sampling_seed
+from protege.teachers.local import MicroBatcher, from_openai_dict, sampling_seed
 from protege.teachers.base import Completion, Request
 
 
@@ -21,13 +21,13 @@ class LlamaCppTeacher:
         except ImportError:
             raise UserError("teacher.kind llamacpp needs llama-cpp-python, which is not installed",
                             hint="pip install 'protege[llamacpp]'  (compiles llama.cpp; a few minutes)") from None
-        from protege.models import gguf_path
+        from protege.models import gguf_path, public_id
 
         path = gguf_path(spec)
         self.spec = spec
         self._llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
                                     verbose=False)
-        self.info = {"kind": "llamacpp", "endpoint": "in-process", "model": spec, "file": path.name}
+        self.info = {"kind": "llamacpp", "endpoint": "in-process", "model": public_id(spec), "file": path.name}
         self._batcher = MicroBatcher(self._run, max_batch=1, gather_s=0.0)
 
     def _run(self, requests: list[Request]) -> list[Completion]:

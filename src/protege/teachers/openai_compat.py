@@ -14,6 +14,8 @@ import email.utils
 import json
 import os
 import re
+import socket
+import ssl
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +33,35 @@ def endpoint_host(base_url: str | None) -> str:
     parts = urlsplit(base_url or _DEFAULT_BASE_URL)
     host = parts.hostname or "unknown"
     return f"{host}:{parts.port}" if parts.port else host
+
+
+def display_url(base_url: str | None) -> str:
+    """The base URL as safe to print: without user:password@, query or fragment."""
+    raw = base_url or _DEFAULT_BASE_URL
+    try:
+        parts = urlsplit(raw)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return raw.split("@")[-1].split("?")[0]
+    if not parts.scheme or not host:
+        return raw.split("@")[-1].split("?")[0]
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def check_base_url(base_url: str | None) -> None:
+    """Refuse a base URL the HTTP client cannot even parse (bad port, brackets), as a UserError."""
+    if base_url is None:
+        return
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as err:
+        raise UserError(f"teacher.base_url {display_url(base_url)!r} is not a valid URL: {err}",
+                        hint="Write it like http://127.0.0.1:8000/v1 or https://api.openai.com/v1.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"teacher.base_url {display_url(base_url)!r} is not an http(s) URL with a host",
+                        hint="Write it like http://127.0.0.1:8000/v1 or https://api.openai.com/v1.")
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -74,6 +105,7 @@ class OpenAITeacher:
         import openai
         from openai import AsyncOpenAI
 
+        check_base_url(base_url)
         if api_key_env:
             key = os.environ.get(api_key_env)
             if not key:
@@ -88,6 +120,7 @@ class OpenAITeacher:
         self._secret = key
         self.model = model
         self.api = api
+        self.base_url = display_url(base_url)
         self.info = {"kind": "openai", "endpoint": endpoint_host(base_url), "model": model, "api": api}
         limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         http_client = _http_client(http, limits, timeout_s)
@@ -129,12 +162,8 @@ class OpenAITeacher:
             text, finish, prompt_tokens, completion_tokens, version = _read_reply(resp.content, completions)
         except openai.APIStatusError as err:
             raise self._status_error(err) from None
-        except openai.APITimeoutError:
-            raise TeacherError("timed out (SDK timeout)", retryable=True) from None
-        except openai.APIConnectionError as err:
-            cause = err.__cause__ or err.__context__
-            detail = f"{type(cause).__name__}: {cause}" if cause else str(err)
-            raise TeacherError(self._scrub(f"connection error: {detail}"), retryable=True) from None
+        except openai.APIConnectionError as err:  # APITimeoutError included
+            raise self._connection_error(err) from None
         except openai.APIResponseValidationError as err:
             raise TeacherError(self._scrub(f"invalid reply: {err}"), retryable=True) from None
         except (ValueError, TypeError, AttributeError, KeyError) as err:
@@ -174,8 +203,103 @@ class OpenAITeacher:
         retryable = status in (408, 409, 425, 429) or status >= 500
         return TeacherError(msg, status=status, retryable=retryable, retry_after=retry_after)
 
+    def _connection_error(self, err: Exception) -> TeacherError:
+        """Classify a failure to get any HTTP reply. A malformed URL, a host that does not resolve
+        or a TLS failure cannot fix itself: fatal (the run stops at once and says why). A refused
+        connection is retryable (a local server restarting) and counts towards the engine's
+        circuit breaker; a timeout is retryable."""
+        kind, detail = classify_connection_error(err)
+        where = self.base_url
+        if kind == "timeout":
+            return TeacherError(self._scrub(f"timed out ({detail})"), retryable=True)
+        if kind == "refused":
+            return TeacherError(self._scrub(f"connection refused by {where}: nothing listens there ({detail})"),
+                                retryable=True)
+        if kind == "dns":
+            return TeacherError(self._scrub(f"cannot resolve the host of {where} ({detail}); check "
+                                            "teacher.base_url"), fatal=True)
+        if kind == "tls":
+            return TeacherError(self._scrub(f"TLS error talking to {where} ({detail}); http:// vs https://, "
+                                            "or the server's certificate"), fatal=True)
+        if kind == "url":
+            return TeacherError(self._scrub(f"malformed teacher.base_url {where!r} ({detail}); it must look "
+                                            "like http://host:port/v1"), fatal=True)
+        return TeacherError(self._scrub(f"connection error with {where}: {detail}"), retryable=True)
+
+    async def check(self, timeout_s: float) -> None:
+        """One cheap request before a run, so a dead or misconfigured endpoint fails in seconds.
+
+        `GET {base_url}/models` (OpenAI, vLLM, llama.cpp, Ollama, LM Studio have it); where that
+        route is missing (404), one completion of `max_tokens: 1`. Raises a fatal TeacherError
+        for no reply at all (refused, DNS, TLS, malformed URL, timeout), 401/403 and 404; any
+        other reply (200, 429, 5xx) means someone answers there and the run goes on.
+        """
+        openai = self._openai
+        try:
+            await self._client.get("/models", cast_to=self._raw_response,
+                                   options={**self._options, "timeout": timeout_s})
+            return
+        except openai.APIStatusError as err:
+            status = int(err.status_code)
+            if status in (401, 403):
+                raise self._status_error(err) from None
+            if status not in (404, 405):
+                return
+        except openai.APIConnectionError as err:
+            raise _fatal(self._connection_error(err), timeout_s) from None
+        probe = Request(messages=[{"role": "user", "content": "ping"}], sampling={"max_tokens": 1})
+        try:
+            await self.complete(probe)
+        except TeacherError as err:
+            if err.fatal or err.status is None:
+                raise _fatal(err, timeout_s) from None
+
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _fatal(err: TeacherError, timeout_s: float) -> TeacherError:
+    msg = str(err)
+    if msg.startswith("timed out"):
+        msg = f"no reply within {timeout_s:g} s ({msg}); is it the right host and port, and is the server up?"
+    return TeacherError(msg, status=err.status, fatal=True)
+
+
+# Exception type names (across the SDK's httpx and aiohttp transports) by what they mean.
+_URL_ERRORS = {"UnsupportedProtocol", "InvalidURL", "LocalProtocolError", "InvalidUrlClientError",
+               "NonHttpUrlClientError"}
+_DNS_ERRORS = {"ClientConnectorDNSError"}
+_TLS_ERRORS = {"ClientSSLError", "ClientConnectorSSLError", "ClientConnectorCertificateError"}
+
+
+def classify_connection_error(err: BaseException) -> tuple[str, str]:
+    """("url" | "dns" | "tls" | "refused" | "timeout" | "other", detail) for a failed connection.
+
+    Walks the exception's cause chain: the SDK wraps the transport's error (httpx or aiohttp),
+    which wraps the OS error, and the aiohttp transport reports even a refused connection as a
+    "ConnectTimeout", so the innermost cause decides.
+    """
+    chain: list[BaseException] = []
+    cur: BaseException | None = err
+    while cur is not None and cur not in chain and len(chain) < 10:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    innermost = chain[-1]
+    detail = f"{type(innermost).__name__}: {innermost}"[:300]
+    names = {type(e).__name__ for e in chain}
+    if names & _URL_ERRORS:
+        return "url", detail
+    if any(isinstance(e, socket.gaierror) for e in chain) or names & _DNS_ERRORS:
+        return "dns", detail
+    if any(isinstance(e, ssl.SSLError) for e in chain) or names & _TLS_ERRORS \
+            or any("SSL" in str(e) and "ssl:default" not in str(e) for e in chain[1:]):
+        return "tls", detail
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "Connection refused" in detail \
+            or "All connection attempts failed" in detail:
+        return "refused", detail
+    if any(isinstance(e, TimeoutError) for e in chain) or "Timeout" in " ".join(names):
+        return "timeout", detail
+    return "other", detail
 
 
 def _http_client(http: str, limits: Any, timeout_s: float) -> Any:

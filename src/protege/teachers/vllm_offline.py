@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from protege.errors import UserError
-from protege.teachers._local import MicroBatcher, sampling_seed
+from protege.teachers.local import MicroBatcher, sampling_seed
 from protege.teachers.base import Completion, Request
 
 
@@ -20,12 +20,12 @@ class VLLMTeacher:
         except ImportError:
             raise UserError("teacher.kind vllm needs vLLM, which is not installed (it needs a CUDA GPU)",
                             hint="pip install vllm  — or use kind: openai against a running `vllm serve`.") from None
-        from protege.models import resolve
+        from protege.models import public_id, resolve
 
         self._vllm = vllm
         self.spec = spec
         self._llm = vllm.LLM(model=str(resolve(spec)))
-        self.info = {"kind": "vllm", "endpoint": "in-process", "model": spec}
+        self.info = {"kind": "vllm", "endpoint": "in-process", "model": public_id(spec)}
         self._batcher = MicroBatcher(self._run, max_batch=max_batch, gather_s=0.05)
 
     def _run(self, requests: list[Request]) -> list[Completion]:
@@ -42,7 +42,7 @@ class VLLMTeacher:
     def _completion(self, out: Any) -> Completion:
         gen = out.outputs[0]
         return Completion(gen.text, gen.finish_reason, len(out.prompt_token_ids or []), len(gen.token_ids),
-                          self.spec)
+                          self.info["model"])
 
     async def complete(self, request: Request) -> Completion:
         return await self._batcher.submit(request)

@@ -206,7 +206,7 @@ def parse_spec(spec: str) -> ModelSpec:
         return ModelSpec("gguf", str(path), path=path.resolve())
     path = Path(spec).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise UserError(
                 f"Directory {path} has no config.json, so it is not a Hugging Face model directory "
                 f"(model spec {raw!r}).",

@@ -2,7 +2,7 @@
 
 Split out of :mod:`protege.models`, which decides *what* to convert and *where*; this module does the
 conversion itself (dequantize with transformers' GGUF reader, set the chat-turn eos, save atomically with a
-``protege-model.json`` marker). torch, transformers and gguf are imported inside :func:`_convert` only.
+``protege-model.json`` marker). torch, transformers and gguf are imported inside :func:`convert` only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Callable
 
 from protege.errors import UserError
 
-__all__ = ["MARKER_NAME", "Progress"]
+__all__ = ["MARKER_NAME", "Progress", "convert", "is_prepared"]
 
 Progress = Callable[[str, float, float], None]
 """``progress(stage_description, done, total)``: bytes while assembling/hashing, percent while converting."""
@@ -40,7 +40,7 @@ def _read_marker(directory: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _is_prepared(directory: Path, source_sha256: str) -> bool:
+def is_prepared(directory: Path, source_sha256: str) -> bool:
     marker = _read_marker(directory)
     return (
         marker is not None
@@ -65,7 +65,7 @@ def _remove_dir(path: Path) -> None:
 _CHAT_END_CANDIDATES = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
 
 
-def _convert(
+def convert(
     gguf: Path,
     target: Path,
     *,
@@ -164,7 +164,7 @@ def _convert(
         try:
             os.replace(tmp, target)
         except OSError:
-            if _is_prepared(target, source_sha256):  # another process finished first: keep theirs
+            if is_prepared(target, source_sha256):  # another process finished first: keep theirs
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 raise

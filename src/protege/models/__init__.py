@@ -18,8 +18,8 @@ Cache layout (``PROTEGE_CACHE`` overrides the platform cache dir)::
 A directory under ``models/`` without the marker is not prepared (every dir is written to a temporary
 name and renamed into place only once complete).
 
-The registry and spec grammar live in :mod:`protege.model_registry`, the GGUF → safetensors conversion
-in :mod:`protege.model_convert`; this module ties them to the cache and re-exports their public names.
+The registry and spec grammar live in :mod:`protege.models.registry`, the GGUF → safetensors conversion
+in :mod:`protege.models.convert`; this module ties them to the cache and re-exports their public names.
 
 torch and transformers are imported inside the functions that need them, never at import time.
 """
@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protege.errors import UserError
-from protege.model_convert import MARKER_NAME, Progress, _convert, _is_prepared
-from protege.model_registry import KNOWN_MODELS, ModelInfo, ModelSpec, Package, Part, parse_spec
+from protege.hashing import sha256_file
+from protege.models.convert import MARKER_NAME, Progress, convert, is_prepared
+from protege.models.registry import KNOWN_MODELS, ModelInfo, ModelSpec, Package, Part, parse_spec
 
 __all__ = [
     "KNOWN_MODELS",
@@ -53,6 +54,7 @@ __all__ = [
     "list_models",
     "parse_spec",
     "prepare",
+    "public_id",
     "resolve",
     "sha256_file",
     "verify_sha256",
@@ -62,7 +64,7 @@ CHUNK = 8 * 1024 * 1024  # 8 MiB
 
 
 # --------------------------------------------------------------------------------------------------
-# Cache and hashing (the prepared-dir marker is in model_convert)
+# Cache and hashing (the prepared-dir marker is in models/convert.py)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -82,24 +84,6 @@ def _models_root() -> Path:
 
 def _gguf_root() -> Path:
     return cache_dir() / "gguf"
-
-
-def sha256_file(path: Path, *, progress: Progress | None = None, stage: str | None = None) -> str:
-    """sha256 hex digest of a file, streamed in 8 MiB chunks; reports bytes to ``progress``."""
-    path = Path(path)
-    total = path.stat().st_size
-    stage = stage or f"hashing {path.name}"
-    digest = hashlib.sha256()
-    done = 0
-    if progress:
-        progress(stage, 0, total)
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-            done += len(block)
-            if progress:
-                progress(stage, done, total)
-    return digest.hexdigest()
 
 
 def _mismatch_error(path: Path, expected: str, actual: str, hint: str) -> UserError:
@@ -378,7 +362,7 @@ def list_models() -> list[ModelStatus]:
     for name, info in KNOWN_MODELS.items():
         missing = _missing_packages(info)
         directory = _models_root() / name
-        prepared = _is_prepared(directory, info.sha256)
+        prepared = is_prepared(directory, info.sha256)
         gguf = None
         if not missing and len(info.parts) == 1:
             d = _find_module_dir(info.parts[0].module)
@@ -439,10 +423,10 @@ def prepare(spec: str, *, progress: Progress | None = None, force: bool = False)
     if ms.kind == "named":
         info = ms.info
         target = _models_root() / info.name
-        if not force and _is_prepared(target, info.sha256):
+        if not force and is_prepared(target, info.sha256):
             return target
         gguf = _named_gguf(info, progress=progress, force=force)
-        _convert(
+        convert(
             gguf,
             target,
             spec=info.name,
@@ -455,9 +439,9 @@ def prepare(spec: str, *, progress: Progress | None = None, force: bool = False)
     assert ms.path is not None
     sha = _cached_sha256(ms.path, progress=progress, force=force)
     target = _models_root() / f"{ms.path.stem}-{sha[:12]}"
-    if not force and _is_prepared(target, sha):
+    if not force and is_prepared(target, sha):
         return target
-    _convert(
+    convert(
         ms.path,
         target,
         spec=f"gguf:{ms.path}",
@@ -467,6 +451,26 @@ def prepare(spec: str, *, progress: Progress | None = None, force: bool = False)
         progress=progress,
     )
     return target
+
+
+def public_id(spec: str) -> str:
+    """How provenance names a model: never a path of this machine.
+
+    Named and ``hf:`` specs are their own names; a directory or a GGUF file becomes its base name plus the
+    first 12 hex digits of a content hash (the GGUF's sha256; for a directory, the hash of its config and
+    weight files' hashes), so a shared dataset says *which* weights wrote it without naming a home directory.
+    """
+    ms = parse_spec(spec)
+    if ms.kind in ("named", "hf"):
+        return spec
+    assert ms.path is not None
+    if ms.kind == "gguf":
+        return f"{ms.path.name}@sha256:{_cached_sha256(ms.path)[:12]}"
+    digest = hashlib.sha256()
+    for f in sorted(ms.path.iterdir()):
+        if f.is_file() and (f.suffix in (".safetensors", ".bin", ".gguf") or f.name.endswith("config.json")):
+            digest.update(f.name.encode() + b"\0" + _cached_sha256(f).encode() + b"\0")
+    return f"{ms.path.name}@sha256:{digest.hexdigest()[:12]}"
 
 
 def resolve(spec: str) -> Path:

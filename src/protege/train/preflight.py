@@ -11,7 +11,7 @@ import statistics
 from typing import Any
 
 from protege.errors import UserError
-from protege.train_data import TokenizeResult, render_marked
+from protege.train.data import TokenizeResult, render_marked
 
 MiB = 1024 ** 2
 GiB = 1024 ** 3

@@ -23,13 +23,12 @@ from typing import Any
 
 from protege.config import RunConfig
 from protege.errors import UserError
-from protege.generate import Ctx, sampling_params
+from protege.generate.context import DEFAULT_SEEDS, Ctx, sampling_params
 from protege.prompts import load
 from protege.prompts.chat import clean_user_turn, explain_pool, user_turn_messages
 from protege.records import Example, detect_format, read_examples
 from protege.teachers.base import Request
 
-DEFAULT_SEEDS = Path(__file__).resolve().parent / "templates" / "seeds.jsonl"
 
 
 def input_source(path: str | Path, ex: Example, fmt: str) -> str:

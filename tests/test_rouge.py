@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from protege.curate import rouge
-from protege.curate.rouge import (
+from protege import rouge
+from protege.rouge import (
     Match,
     RougeDeduper,
     dedup,
@@ -26,7 +26,7 @@ from protege.curate.rouge import (
 
 rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer", reason="rouge-score is the reference")
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "alpaca"
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "alpaca"
 ALPACA = ["alpagasus_random_9k.json", "alpagasus_claude_t45.json",
           "alpagasus_helpfulness_t45.json", "cherry_alpaca_5_percent.json"]
 
@@ -262,7 +262,7 @@ def test_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, protege.curate.rouge; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = "import sys, protege.rouge; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

@@ -9,11 +9,14 @@ because transformers must not be imported at CLI start.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from protege.train_loss import backbone_and_head, trained_positions_loss
+from protege.train.loss import backbone_and_head, trained_positions_loss
 
 
 class TokenStats:
@@ -29,7 +32,7 @@ def trainer_class():  # type: ignore[no-untyped-def]
     from torch.utils.data import DataLoader
     from transformers import Trainer
 
-    from protege.train_data import TokenBudgetBatchSampler
+    from protege.train.data import TokenBudgetBatchSampler
 
     class ProtegeTrainer(Trainer):
         """`Trainer` + token-budget length-grouped batches + loss on trained positions only."""
@@ -40,6 +43,31 @@ def trainer_class():  # type: ignore[no-untyped-def]
             self.token_budget = token_budget
             self.fast_loss = fast_loss
             self.stats = stats or TokenStats()
+
+        def _get_output_dir(self, trial: Any) -> str:
+            # While a checkpoint is written: its staging folder (see _save_checkpoint).
+            return getattr(self, "_staging_dir", None) or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            """The library's checkpoint, written under `checkpoints/.partial/checkpoint-N` and renamed
+            into place when complete, so a kill during the write never leaves a torn `checkpoint-N`
+            for `--resume` to pick (`last_complete_checkpoint`)."""
+            final_root = Path(super()._get_output_dir(trial))
+            staging_root = final_root / PARTIAL_DIR
+            name = f"checkpoint-{self.state.global_step}"
+            if self.args.should_save:
+                shutil.rmtree(staging_root / name, ignore_errors=True)  # a torn one from a killed run
+            self._staging_dir = str(staging_root)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_dir = None
+            self.accelerator.wait_for_everyone()  # every rank's shards are written
+            if self.args.should_save:
+                publish_checkpoint(staging_root / name, final_root / name, self.state)
+                rotate_complete_checkpoints(final_root, self.args.save_total_limit,
+                                            self.state.best_model_checkpoint)
+            self.accelerator.wait_for_everyone()
 
         def get_train_dataloader(self) -> Any:
             if not self.token_budget:
@@ -142,3 +170,92 @@ def trim_metrics(path: Path, last_step: int) -> None:
         except json.JSONDecodeError:
             continue  # a line cut by kill -9
     path.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+
+
+# ------------------------------------------------------------------ atomic checkpoints
+
+PARTIAL_DIR = ".partial"  # checkpoints being written; renamed to checkpoints/checkpoint-N when complete
+_TRASH_PREFIX = ".trash-"  # checkpoints being deleted (renamed first, so a kill never leaves a torn one)
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_STATE_FILE = "trainer_state.json"
+
+
+def publish_checkpoint(staging: Path, final: Path, state: Any) -> None:
+    """Rename a fully written checkpoint into place (one `rename`: it appears complete or not at all).
+
+    Paths the trainer state recorded inside the staging folder (the best checkpoint) are rewritten
+    to the final place first, in the checkpoint's trainer_state.json too.
+    """
+    best = getattr(state, "best_model_checkpoint", None)
+    if best and Path(best).parent == staging.parent:
+        state.best_model_checkpoint = str(final.parent / Path(best).name)
+        if (staging / _STATE_FILE).exists():
+            state.save_to_json(str(staging / _STATE_FILE))
+    if final.exists():  # the same step saved again: move the old one out of the way first
+        trash = final.with_name(_TRASH_PREFIX + final.name)
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(staging, final)
+    _fsync_dir(final.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def complete_checkpoints(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(complete checkpoints oldest first, torn ones) in `folder`, by step number.
+
+    Complete: a `checkpoint-N` folder with its trainer_state.json (written last). Since saves are
+    atomic, a torn one can only come from an older protege or a deletion cut short.
+    """
+    good: list[tuple[int, Path]] = []
+    torn: list[Path] = []
+    if not folder.is_dir():
+        return [], []
+    for p in folder.iterdir():
+        m = _CHECKPOINT.match(p.name)
+        if m and p.is_dir():
+            (good.append((int(m.group(1)), p)) if (p / _STATE_FILE).is_file() else torn.append(p))
+    return [p for _, p in sorted(good)], torn
+
+
+def last_complete_checkpoint(folder: Path) -> tuple[Path | None, list[Path]]:
+    """(the newest complete checkpoint or None, the torn checkpoints skipped)."""
+    good, torn = complete_checkpoints(folder)
+    return (good[-1] if good else None), torn
+
+
+def rotate_complete_checkpoints(folder: Path, limit: int | None, best: str | None) -> None:
+    """Keep the newest `limit` checkpoints (and the best one); each deletion is a rename, then rmtree."""
+    if not limit or limit <= 0:
+        return
+    good, _ = complete_checkpoints(folder)
+    protected = {good[-1]} if good else set()
+    if best:
+        protected.add(Path(best))
+    excess = len(good) - max(limit, len(protected))
+    for p in [p for p in good if p not in protected][:max(0, excess)]:
+        trash = p.with_name(_TRASH_PREFIX + p.name)
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(p, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def clear_partial_checkpoints(folder: Path) -> None:
+    """Remove what killed runs left behind: checkpoints being written or being deleted."""
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.name == PARTIAL_DIR or p.name.startswith(_TRASH_PREFIX):
+            shutil.rmtree(p, ignore_errors=True)

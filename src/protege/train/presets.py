@@ -3,8 +3,9 @@
 `cpu` defaults were chosen by measurement (benchmarks/bench_train.py, docs/benchmarks.md): token-budget
 length-grouped batches + loss on trained positions only, fp32 (the measured CPU has no avx512_bf16;
 autocast bf16 is only turned on automatically where the CPU advertises avx512_bf16 or AMX), no gradient
-checkpointing (the token budget already bounds activations). `single-gpu`: the same batching, bf16 when
-supported. `multi-gpu`: FSDP or DeepSpeed ZeRO-3 accelerate configs shipped in `protege/presets/`,
+checkpointing (the token budget already bounds activations), no torch.compile (measured slower there).
+`single-gpu`: the same batching, bf16 weights when supported, regional torch.compile of the decoder
+layers and liger-kernel's fused linear cross-entropy when installed (measured on an H200: docs/benchmarks.md). `multi-gpu`: FSDP or DeepSpeed ZeRO-3 accelerate configs shipped in `protege/presets/`,
 launched with `accelerate launch ... -m protege.train -c FILE`.
 """
 
@@ -41,9 +42,14 @@ class Plan:
     device: str  # cpu | cuda
     token_budget: int | None
     gradient_checkpointing: bool
-    bf16: bool
+    bf16: bool  # bf16 compute (autocast over fp32 weights, or bf16 weights)
     fast_loss: bool
     world_size: int
+    weights_dtype: str = "float32"  # dtype the model is loaded in: bfloat16 for LoRA/full on a bf16 GPU
+    autocast: bool = False  # TrainingArguments.bf16: autocast around the forward (not for bf16 full fine-tunes)
+    master_weights: bool = False  # full fine-tune in bf16 weights: AdamW on fp32 master copies
+    fused_loss: str = "protege"  # kernel of the fast loss: protege | liger
+    compile: bool = False  # regional torch.compile of the decoder layers
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,8 +71,28 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def liger_available() -> bool:
+    """True when liger-kernel (and so Triton) can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def triton_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
 def resolve_plan(train: Any) -> Plan:
-    """Turn `train.preset` (+ explicit settings, which always win) into concrete settings."""
+    """Turn `train.preset` (+ explicit settings, which always win) into concrete settings.
+
+    Dtypes: on a bf16 GPU, LoRA loads the frozen base in bf16 (adapters fp32, under autocast) and a full
+    fine-tune loads bf16 weights and runs without autocast (fp32 weights under autocast hand fp32 q/k to
+    SDPA after the rotary embedding, and SDPA's math kernel materialises the scores: measured OOM on an
+    H100); AdamW then steps fp32 master copies unless `train.master_weights` is false. On CPU the weights
+    stay fp32 and bf16 means autocast (only on CPUs with avx512_bf16/AMX by default).
+    """
     import os
 
     import torch
@@ -88,16 +114,46 @@ def resolve_plan(train: Any) -> Plan:
     else:
         budget = GPU_TOKEN_BUDGET
         bf16 = bool(torch.cuda.is_bf16_supported())
+    bf16 = train.bf16 if train.bf16 is not None else bf16
+    device = "cuda" if preset != "cpu" else "cpu"
+    fast_loss = getattr(train, "fast_loss", True)
+    bf16_weights = device == "cuda" and bf16 and train.method in ("lora", "full")
     return Plan(
         preset=preset,
-        device="cuda" if preset != "cpu" else "cpu",
+        device=device,
         token_budget=train.token_budget or budget,
         gradient_checkpointing=bool(train.gradient_checkpointing) if train.gradient_checkpointing is not None
         else False,
-        bf16=train.bf16 if train.bf16 is not None else bf16,
-        fast_loss=getattr(train, "fast_loss", True),
+        bf16=bf16,
+        fast_loss=fast_loss,
         world_size=world,
+        weights_dtype=_weights_dtype(train.method, bf16, bf16_weights),
+        autocast=bf16 and not (bf16_weights and train.method == "full"),
+        master_weights=bool(bf16_weights and train.method == "full" and getattr(train, "master_weights", True)),
+        fused_loss=_fused_loss(getattr(train, "fused_loss", "auto"), device, fast_loss),
+        compile=train.compile if getattr(train, "compile", None) is not None
+        else preset == "single-gpu" and triton_available(),  # not yet run under DDP/FSDP: opt in there
     )
+
+
+def _weights_dtype(method: str, bf16: bool, bf16_weights: bool) -> str:
+    if method == "qlora":  # the 4-bit base's compute dtype
+        return "bfloat16" if bf16 else "float16"
+    return "bfloat16" if bf16_weights else "float32"
+
+
+def _fused_loss(choice: str, device: str, fast_loss: bool) -> str:
+    if choice == "auto":
+        return "liger" if fast_loss and device == "cuda" and liger_available() else "protege"
+    if choice == "liger":
+        if device != "cuda":
+            raise UserError("train.fused_loss: liger needs a CUDA GPU (its kernels are Triton)",
+                            hint="Use train.fused_loss: auto or protege on this machine.")
+        if not liger_available():
+            raise UserError("train.fused_loss: liger needs liger-kernel, which is not installed",
+                            hint="pip install liger-kernel (or pip install 'protege[gpu]'), or use "
+                                 "train.fused_loss: auto.")
+    return choice
 
 
 def load_preset_configs() -> dict[str, Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protege.train_data import IGNORE
+from protege.train.data import IGNORE
 
 # Model types whose CausalLM forward is exactly `lm_head(final hidden states)` (no logit scaling or
 # soft-capping), so our loss equals theirs. Others fall back to the model's own loss.

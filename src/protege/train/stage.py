@@ -1,13 +1,13 @@
 """`protege train`: a curated dataset -> a student model (LoRA, full fine-tune, or QLoRA on GPU).
 
-The recipe is transformers `Trainer` + PEFT + accelerate; what protege adds (see the train_* modules):
-- train_data.py      assistant-only label masks from the chat template, token-budget length-grouped batches
-- train_loss.py      loss on trained positions only, chunked (the full logits tensor is never built);
-                     the batch's common prefix (chat template header) computed once
-- train_trainer.py   the Trainer subclass wiring both in; metrics JSONL + Rich progress callback
-- train_preflight.py what is about to happen, printed before step 1 (refuses hopeless configs)
-- train_presets.py   cpu / single-gpu / multi-gpu settings and the accelerate/DeepSpeed launch files
-- train_output.py    adapter, merged model, tokenizer, model card
+The recipe is transformers `Trainer` + PEFT + accelerate; what protege adds (modules of this package):
+- data.py       assistant-only label masks from the chat template, token-budget length-grouped batches
+- loss.py       loss on trained positions only, chunked (the full logits tensor is never built);
+                the batch's common prefix (chat template header) computed once
+- trainer.py    the Trainer subclass wiring both in; metrics JSONL + Rich progress callback
+- preflight.py  what is about to happen, printed before step 1 (refuses hopeless configs)
+- presets.py    cpu / single-gpu / multi-gpu settings and the accelerate/DeepSpeed launch files
+- output.py     adapter, merged model, tokenizer, model card
 
 `run(cfg, store, resume=False)` is the stage function the CLI calls. `python -m protege.train -c FILE
 [--set k=v] [--resume]` runs it without the CLI (and is what `accelerate launch` starts on multi-GPU).
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from protege.config import RunConfig
-from protege.errors import UserError
+from protege.errors import UserError, report
 from protege.records import Example, read_examples
 from protege.store import RunStore
 
@@ -49,15 +49,23 @@ def _governance(examples: list[Example], cfg: RunConfig) -> tuple[str, str]:
     return summary, render_governance_section(report)
 
 
-def _check_outputs(store: RunStore, resume: bool) -> str | None:
-    """The checkpoint to resume from; refuses to overwrite a finished student or stray checkpoints."""
-    from transformers.trainer_utils import get_last_checkpoint
+def _check_outputs(store: RunStore, resume: bool, console: Any = None) -> str | None:
+    """The checkpoint to resume from (the newest *complete* one, said aloud); refuses to overwrite a
+    finished student or stray checkpoints."""
+    from protege.train.trainer import clear_partial_checkpoints, last_complete_checkpoint
 
-    ckpt = get_last_checkpoint(str(store.checkpoints_dir)) if store.checkpoints_dir.is_dir() else None
+    newest, torn = last_complete_checkpoint(store.checkpoints_dir)
+    ckpt = str(newest) if newest is not None else None
     if resume:
         if ckpt is None:
-            raise UserError(f"--resume: no checkpoint in {store.checkpoints_dir}",
+            extra = f" (only incomplete ones: {', '.join(p.name for p in torn)})" if torn else ""
+            raise UserError(f"--resume: no complete checkpoint in {store.checkpoints_dir}{extra}",
                             hint="Run without --resume to start training.")
+        clear_partial_checkpoints(store.checkpoints_dir)  # what a kill left half-written
+        if console is not None:
+            skipped = f"; skipped incomplete {', '.join(p.name for p in torn)}" if torn else ""
+            console.print(f"resuming from the newest complete checkpoint: {newest}{skipped}",
+                          markup=False, highlight=False)
         return ckpt
     done = [p for p in (store.adapter_dir, store.merged_dir) if p.exists()]
     if done or ckpt:
@@ -67,7 +75,7 @@ def _check_outputs(store: RunStore, resume: bool) -> str | None:
     return None
 
 
-def _load_model(path: Path, cfg: RunConfig, plan: Any) -> Any:
+def load_model(path: Path, cfg: RunConfig, plan: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -102,7 +110,7 @@ def _load_model(path: Path, cfg: RunConfig, plan: Any) -> Any:
     return get_peft_model(model, lora)
 
 
-def _check_launch(method: str, base_dir: Path) -> None:
+def check_launch(method: str, base_dir: Path) -> None:
     """Refuse the one multi-GPU combination measured to fail: (Q)LoRA under FSDP on tied embeddings."""
     import os
 
@@ -118,11 +126,11 @@ def _check_launch(method: str, base_dir: Path) -> None:
             "with FSDP fails on tied weights (FSDP1: use_orig_params assertion; FSDP2: 'FSDP requires a single "
             "root module'), measured on an H100 with torch 2.11 / accelerate 1.15",
             hint="Launch LoRA with the ddp preset: accelerate launch --config_file "
-                 "$(python -c \"import protege.train_presets as p; print(p.preset_file('ddp'))\") "
+                 "$(python -c \"import protege.train.presets as p; print(p.preset_file('ddp'))\") "
                  "-m protege.train -c FILE. FSDP is for full fine-tunes.")
 
 
-def _training_args(cfg: RunConfig, store: RunStore, plan: Any, has_val: bool) -> Any:
+def training_args(cfg: RunConfig, store: RunStore, plan: Any, has_val: bool) -> Any:
     import importlib.util
 
     from transformers import TrainingArguments
@@ -133,10 +141,7 @@ def _training_args(cfg: RunConfig, store: RunStore, plan: Any, has_val: bool) ->
     if t.early_stopping_patience and not has_val:
         raise UserError("train.early_stopping_patience needs a validation split",
                         hint=f"Create {store.split('val')} (protege curate makes one) or unset the option.")
-    if t.early_stopping_patience and t.save_every % eval_every:
-        raise UserError(f"train.early_stopping_patience: save_every ({t.save_every}) must be a multiple of "
-                        f"eval_every ({eval_every}) so the best checkpoint can be restored",
-                        hint=f"--set train.eval_every={t.save_every}")
+    # save_every being a multiple of eval_every is a config rule (config.TrainConfig).
     tb = importlib.util.find_spec("tensorboard") is not None
     return TrainingArguments(
         output_dir=str(store.checkpoints_dir),
@@ -179,7 +184,7 @@ def run(cfg: RunConfig, store: RunStore, resume: bool = False, console: Any = No
     console = console or Console()
     examples, source, val_examples = _load_data(cfg, store)
     gate_text, governance_md = _governance(examples, cfg)
-    ckpt = _check_outputs(store, resume)
+    ckpt = _check_outputs(store, resume, console)
     with store.stage("train", cfg.hash()) as info:
         result = _train(cfg, store, examples, source, val_examples, ckpt, gate_text, governance_md, console)
         info.update({k: v for k, v in result.items() if isinstance(v, (int, float, str)) or v is None})
@@ -192,11 +197,11 @@ def _train(cfg: RunConfig, store: RunStore, examples: list[Example], source: str
     from transformers import AutoTokenizer, EarlyStoppingCallback
 
     from protege import models
-    from protege.train_data import ListDataset, PadCollator, tokenize_examples
-    from protege.train_output import final_losses, model_card, save_student
-    from protege.train_preflight import available_memory, check_tokenized, memory_estimate, render
-    from protege.train_presets import resolve_plan
-    from protege.train_trainer import TokenStats, metrics_callback, trainer_class, trim_metrics
+    from protege.train.data import ListDataset, PadCollator, tokenize_examples
+    from protege.train.output import final_losses, model_card, save_student
+    from protege.train.preflight import available_memory, check_tokenized, memory_estimate, render
+    from protege.train.presets import resolve_plan
+    from protege.train.trainer import TokenStats, metrics_callback, trainer_class, trim_metrics
 
     t = cfg.train
     plan = resolve_plan(t)
@@ -207,9 +212,9 @@ def _train(cfg: RunConfig, store: RunStore, examples: list[Example], source: str
     res = tokenize_examples(examples, tokenizer, t.prompt_format, t.max_seq_len)
     check_tokenized(res, len(examples), t.max_seq_len, source)
     val_res = tokenize_examples(val_examples, tokenizer, t.prompt_format, t.max_seq_len, keep_rendered=0)
-    _check_launch(t.method, base_dir)
+    check_launch(t.method, base_dir)
     torch.manual_seed(t.seed)
-    model = _load_model(base_dir, cfg, plan)
+    model = load_model(base_dir, cfg, plan)
     if plan.token_budget and plan.token_budget < max(len(it.input_ids) for it in res.items):
         console.print(f"[yellow]note: examples longer than token_budget={plan.token_budget} go one per batch")
     est = memory_estimate(model, plan, t.method, t.lora_dropout)
@@ -230,7 +235,7 @@ def _train(cfg: RunConfig, store: RunStore, examples: list[Example], source: str
     callbacks = [metrics_callback(store.metrics, stats, console, show_progress=console.is_terminal)]
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    args = _training_args(cfg, store, plan, bool(val_res.items))
+    args = training_args(cfg, store, plan, bool(val_res.items))
     trainer = trainer_class()(
         model=model, args=args, train_dataset=ListDataset(res.items),
         eval_dataset=ListDataset(val_res.items) if val_res.items else None,
@@ -273,14 +278,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(a.config, a.overrides)
         result = run(cfg, RunStore(cfg.run_dir), resume=a.resume)
     except UserError as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        hint = getattr(err, "hint", None)
-        if hint:
-            print(f"hint: {hint}", file=sys.stderr)
-        return 2
+        return report(err)
     print(json.dumps(result, default=str))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

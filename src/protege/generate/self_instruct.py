@@ -11,6 +11,11 @@ its reason.
 Request i's examples are drawn with a seed derived from i, so a rerun rebuilds the same
 requests and finds their answers in the cache (when `num_generated_in_prompt` is 0; with
 kept tasks in the prompt, a resumed run draws from what was kept by then).
+
+The loop always ends: failed requests do not count towards `generate.num`, so besides the
+engine's circuit breaker (a dead teacher) it stops when replies stop giving new tasks
+(`_STALL_AFTER`), and, with `generate.max_requests`, when the kept-per-call rate seen so far
+(failures included) cannot reach `generate.num` with the calls left; each says so.
 """
 
 from __future__ import annotations
@@ -23,14 +28,14 @@ from typing import Any
 
 from protege.config import RunConfig
 from protege.errors import UserError
-from protege.generate import Ctx, sampling_params
-from protege.generate_modes import DEFAULT_SEEDS
+from protege.generate.context import DEFAULT_SEEDS, Ctx, sampling_params
 from protege.prompts.self_instruct import Task, parse, render, rule_reason, template
 from protege.records import Example, read_examples, user_prompt
 from protege.teachers.base import Request
 
 _ASSUMED_YIELD = 0.5  # share of generated tasks kept before any reply is seen (for planning only)
 _STALL_AFTER = 20  # consecutive replies with nothing kept: stop instead of paying forever
+_MIN_CALLS_TO_JUDGE = 10  # calls seen before the kept-per-call rate is trusted to call a target unreachable
 
 
 class SelfInstruct:
@@ -88,7 +93,7 @@ class SelfInstruct:
         return req, [sid for sid, _ in demos]
 
     async def run(self, ctx: Ctx) -> None:
-        from protege.curate.rouge import RougeDeduper
+        from protege.rouge import RougeDeduper
 
         g = self.cfg.generate
         dedup = RougeDeduper(self.cfg.curate.rouge_threshold)
@@ -99,11 +104,15 @@ class SelfInstruct:
             ex = Example(rec["messages"], rec.get("meta") or {})
             kept.append((ex.meta.get("gen_id", "?"), Task(ex.instruction, ex.input, ex.output)))
             dedup.add_reference(ex.instruction)
-        state = {"next": 0, "in_flight": 0, "replies": 0, "kept_now": 0, "zero_streak": 0}
+        state = {"next": 0, "in_flight": 0, "replies": 0, "kept_now": 0, "zero_streak": 0, "failed": 0,
+                 "unreachable": 0}
         sampling = ctx.sampling()
 
         def next_request() -> Request | None:
-            if len(kept) >= g.num or state["zero_streak"] >= _STALL_AFTER:
+            if len(kept) >= g.num or state["zero_streak"] >= _STALL_AFTER or state["unreachable"]:
+                return None
+            if self._unreachable(ctx.engine.ledger, len(kept), state):
+                state["unreachable"] = 1
                 return None
             rate = max(0.05, state["kept_now"] / (state["replies"] * g.tasks_per_request)) if state["replies"] \
                 else _ASSUMED_YIELD
@@ -125,6 +134,7 @@ class SelfInstruct:
                 continue
             if not res.ok:
                 ctx.out.fail(gen_id, res.request, res.error or "failed", res.attempts, mode=self.name)
+                state["failed"] += 1
                 continue
             n = self._process(ctx, res, gen_id, seed_ids, dedup, kept)
             state["replies"] += 1
@@ -133,6 +143,23 @@ class SelfInstruct:
         if state["zero_streak"] >= _STALL_AFTER and len(kept) < g.num:
             ctx.notes.append(f"self-instruct stopped: {_STALL_AFTER} replies in a row gave no usable new task "
                              f"({len(kept)} of {g.num} kept). See generate/dropped.jsonl for the reasons.")
+        if state["unreachable"] and len(kept) < g.num:
+            led = ctx.engine.ledger
+            ctx.notes.append(
+                f"self-instruct stopped: generate.num={g.num} cannot be reached within generate.max_requests="
+                f"{g.max_requests}: {led.calls} calls so far ({led.calls - led.answered} failed, "
+                f"{state['failed']} request(s) given up) kept {state['kept_now']} new task(s), and "
+                f"{g.max_requests - led.calls} calls are left ({len(kept)} of {g.num} kept). Fix the teacher "
+                "(see generate/failed.jsonl) or raise generate.max_requests, then rerun to continue.")
+
+    def _unreachable(self, ledger: Any, n_kept: int, state: dict[str, int]) -> bool:
+        """With failures seen and `max_requests` set: can the calls left still reach `num` at the
+        kept-per-call rate so far (which counts failed calls)?"""
+        g = self.cfg.generate
+        if g.max_requests is None or ledger.calls < _MIN_CALLS_TO_JUDGE or ledger.calls == ledger.answered:
+            return False
+        per_call = state["kept_now"] / ledger.calls
+        return n_kept + (g.max_requests - ledger.calls) * per_call < g.num
 
     def _process(self, ctx: Ctx, res: Any, gen_id: str, seed_ids: list[str], dedup: Any,
                  kept: list[tuple[str, Task]]) -> int:

@@ -1,0 +1,69 @@
+"""The one line `protege eval` ends with, built from scores.json alone (parts not computed are left out):
+
+"student wins or ties X% [CI] against the teacher on N held-out tasks, base Y% [CI];
+ IFEval strict A vs B vs C; Z times cheaper per request"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protege.evaluate.cost import cheaper
+
+
+def _pct(x: float | None, ci: list[float] | None = None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.0%}" + (f" [{ci[0]:.0%}-{ci[1]:.0%}]" if ci else "")
+
+
+def _find(pairs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any] | None:
+    return next((p for p in pairs if p["a"] == a and p["b"] == b and p.get("n")), None)
+
+
+def _judged(scores: dict[str, Any]) -> str | None:
+    for s in scores["sets"]:
+        pairs = s.get("pairwise") or []
+        if not pairs:
+            continue
+        anchor = pairs[0]["a"]
+        names = list(s["candidates"])
+        target = "teacher" if "teacher" in names else next((b for p in pairs if (b := p["b"]) != "base"), None)
+        first = _find(pairs, anchor, target) if target else None
+        if first is None:
+            continue
+        where = f"{first['n']} held-out tasks" if s["name"] == "test" else f"{first['n']} prompts of {s['name']}"
+        against = "the teacher" if target == "teacher" else target
+        text = (f"{anchor} wins or ties {_pct(first['win_or_tie'], first['win_or_tie_ci'])} against {against} "
+                f"on {where}")
+        base = _find(pairs, "base", target) if anchor != "base" else None
+        if base is not None:
+            text += f", base {_pct(base['win_or_tie'], base['win_or_tie_ci'])}"
+        return text
+    return None
+
+
+def _ifeval(scores: dict[str, Any]) -> str | None:
+    for s in scores["sets"]:
+        if s.get("ifeval"):
+            parts = [f"{name} {_pct(v.get('prompt_strict'))}" for name, v in s["ifeval"].items()]
+            return "IFEval strict " + " vs ".join(parts)
+    return None
+
+
+def headline(scores: dict[str, Any]) -> str:
+    """The headline of a scores.json dict."""
+    parts = [p for p in (_judged(scores), _ifeval(scores)) if p]
+    costs = scores.get("cost") or {}
+    names = list(costs)
+    student = "student" if "student" in costs else (names[0] if names else None)
+    other = "teacher" if "teacher" in costs else None
+    ratio = cheaper(costs, student, other) if student and other and student != other else None
+    if ratio is not None:
+        factor, basis = ratio
+        parts.append(f"{factor:.1f} times cheaper per request ({basis})" if factor >= 1
+                     else f"{1 / factor:.1f} times dearer per request ({basis})")
+    if not parts:
+        n = sum(s["n"] for s in scores["sets"])
+        return f"answers written for {n} prompts; nothing was judged or scored (see scores.json notes)"
+    return "; ".join(parts)

@@ -1,0 +1,123 @@
+"""Pairwise judging of candidates on a set, and the numbers and warnings drawn from it.
+
+Which pairs: the student against every other candidate, and the base against the teacher and each
+reference, when present (without a student, the first candidate takes its place). Each pair is judged by
+`judge.compare` in both orders; a verdict counts only when both orders agree, else it is a tie and counted
+as inconsistent. A prompt whose judge call failed (not an unparsable reply: a call that got no answer) is
+left out of the rates and counted as `unjudged`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from protege import judge
+from protege.evaluate.candidates import Answer, Candidate, words
+from protege.evaluate.sets import EvalItem, EvalSet
+from protege.evaluate.stats import rates
+
+LENGTH_MIN_DECISIVE = 3  # below this many decisive verdicts, "the longer answer wins most" says nothing
+
+
+def pairs(cands: Sequence[Candidate]) -> list[tuple[str, str]]:
+    """(a, b) pairs to judge, a first: the student (or first candidate) vs each other; base vs teacher/references."""
+    names = [c.name for c in cands]
+    if len(names) < 2:
+        return []
+    anchor = "student" if "student" in names else names[0]
+    out = [(anchor, n) for n in names if n != anchor]
+    if "base" in names and anchor != "base":
+        out += [("base", c.name) for c in cands if c.role in ("teacher", "reference") and c.name != "base"]
+    return list(dict.fromkeys(out))
+
+
+def judge_prompt(item: EvalItem) -> str:
+    """The request shown to the judge: the prompt, or for a multi-turn item every user turn in order."""
+    if not item.multi_turn:
+        return item.turns[0]
+    lines = [f"A conversation of {len(item.turns)} user turns; judge the assistant's answers to all of them."]
+    lines += [f"[Turn {k + 1}] {t}" for k, t in enumerate(item.turns)]
+    return "\n".join(lines)
+
+
+def judged_text(item: EvalItem, answer: str | list[str]) -> str:
+    """An answer as the judge sees it (a multi-turn answer as a transcript of its own conversation)."""
+    if isinstance(answer, str):
+        return answer
+    return "\n\n".join(f"[Turn {k + 1}] User: {t}\nAssistant: {a}" for k, (t, a) in enumerate(zip(item.turns, answer)))
+
+
+def judge_pair(s: EvalSet, a: str, b: str, answers: dict[str, list[Answer]], judge_cfg: Any, calls_db: Any,
+               max_tokens: int, judge_id: str, on_result: Callable[[Any], None] | None = None
+               ) -> tuple[list[dict[str, Any]], int, str | None]:
+    """Judgement lines (judgements.jsonl) for every item both answered; plus (unjudged count, first error)."""
+    todo = [k for k, (x, y) in enumerate(zip(answers[a], answers[b])) if x.answer is not None and y.answer is not None]
+    triples = [(judge_prompt(s.items[k]), judged_text(s.items[k], answers[a][k].answer),
+                judged_text(s.items[k], answers[b][k].answer)) for k in todo]
+    ok: dict[int, int] = {}  # triple index -> judge calls answered (2 = both orders)
+    errors: list[str] = []
+
+    def seen(result: Any) -> None:
+        if result.ok:
+            ok[result.request.tag // 2] = ok.get(result.request.tag // 2, 0) + 1
+        else:
+            errors.append(result.error or "no answer")
+        if on_result is not None:
+            on_result(result)
+
+    verdicts = judge.compare(triples, judge_cfg, calls_db, max_tokens=max_tokens, on_result=seen)
+    sha = judge.prompt_hashes()["judge_pairwise"]
+    lines = []
+    for j, (k, v) in enumerate(zip(todo, verdicts)):
+        if ok.get(j, 0) < 2:  # a call failed or was never sent (the engine stops after a fatal error)
+            continue
+        lines.append({"set": s.name, "id": s.items[k].id, "a": a, "b": b, "winner": v.winner,
+                      "consistent": v.consistent, "first": v.first, "second": v.second, "reasons": v.reasons,
+                      "judge": judge_id, "prompt_sha256": sha,
+                      "words_a": words(answers[a][k].text), "words_b": words(answers[b][k].text)})
+    unjudged = len(todo) - len(lines)
+    first_error = errors[0] if errors else ("not sent: the judge stopped early" if unjudged else None)
+    return lines, unjudged, first_error
+
+
+def length_warning(winners: Sequence[str], words_a: Sequence[int], words_b: Sequence[int]) -> str | None:
+    """A warning when the longer answer won most decisive verdicts (LLM judges favour length)."""
+    decisive = [(w, x, y) for w, x, y in zip(winners, words_a, words_b) if w != "tie" and x != y]
+    if len(decisive) < LENGTH_MIN_DECISIVE:
+        return None
+    longer = sum(1 for w, x, y in decisive if (w == "a") == (x > y))
+    if longer * 2 <= len(decisive):
+        return None
+    return (f"the longer answer won {longer} of {len(decisive)} decisive verdicts ({longer / len(decisive):.0%}): "
+            "the judge may be rewarding length; compare mean_words_a and mean_words_b")
+
+
+def self_preference_warning(a: Candidate, b: Candidate, judge_id: str) -> str | None:
+    """A warning when the judge is one of the two candidates (LLM judges favour their own answers)."""
+    same = [c.name for c in (a, b) if c.model == judge_id]
+    if not same:
+        return None
+    return (f"the judge ({judge_id}) is also candidate {same[0]}: LLM judges tend to prefer their own answers "
+            "(self-preference); use a different judge for a fair verdict")
+
+
+def summarize(a: Candidate, b: Candidate, lines: list[dict[str, Any]], unjudged: int, judge_id: str,
+              seed: int, resamples: int) -> dict[str, Any]:
+    """The scores.json pairwise entry of one pair: rates, CIs, inconsistency, lengths and warnings."""
+    winners = [ln["winner"] for ln in lines]
+    wa, wb = [ln["words_a"] for ln in lines], [ln["words_b"] for ln in lines]
+    out: dict[str, Any] = {"a": a.name, "b": b.name, **rates(winners, seed, resamples)}
+    n = len(lines)
+    out["inconsistent"] = round(sum(1 for ln in lines if not ln["consistent"]) / n, 4) if n else None
+    out["unjudged"] = unjudged
+    out["mean_words_a"] = round(sum(wa) / n, 2) if n else None
+    out["mean_words_b"] = round(sum(wb) / n, 2) if n else None
+    warnings = [w for w in (length_warning(winners, wa, wb), self_preference_warning(a, b, judge_id)) if w]
+    if n and out["inconsistent"] > 0.5:
+        warnings.append(f"the judge's two orders disagreed on {out['inconsistent']:.0%} of prompts: its verdicts "
+                        "are weak (a larger judge helps)")
+    if unjudged:
+        warnings.append(f"{unjudged} prompt(s) left unjudged: the judge call failed")
+    out["warnings"] = warnings
+    return out

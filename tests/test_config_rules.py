@@ -55,3 +55,22 @@ def test_protege_config_refuses_what_a_stage_would(tmp_path: Path, rule: str, ba
     assert not (tmp_path / "run").exists()  # nothing was created
     ok = run_cli("config", "-c", str(_config(tmp_path, good)))
     assert ok.returncode == 0, (rule, ok.stderr)
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ("seeds: missing.jsonl\n", "seeds: "),
+    (TEACHER + "generate: {mode: respond, instructions: nowhere.txt}\n", "generate.instructions"),
+    ("train: {data: no-data.jsonl}\n", "train.data"),
+    ("curate: {decontaminate: [evalset.jsonl]}\n", "curate.decontaminate[0]"),
+    ("student: {model: 'gguf:missing.gguf'}\n", "student.model"),
+    ("student: {model: 'hf:org/name/extra'}\n", "student.model"),
+    ("teacher: {kind: llamacpp, model: ./not-a-model-dir}\n", "teacher.model"),
+], ids=["seeds", "instructions", "train-data", "decontaminate", "gguf", "hf-spec", "teacher-dir"])
+def test_protege_config_refuses_missing_files_and_bad_models(tmp_path: Path, body: str, fragment: str) -> None:
+    path = tmp_path / "protege.yaml"
+    (tmp_path / "seeds.jsonl").write_text('{"instruction": "Name a prime.", "input": "", "output": "7"}\n')
+    (tmp_path / "not-a-model-dir").mkdir()
+    path.write_text("run_dir: run\n" + ("seeds: seeds.jsonl\n" if not body.startswith("seeds") else "") + body)
+    res = run_cli("config", "-c", str(path))
+    assert res.returncode == 2, res.stdout
+    assert fragment in res.stderr and "Traceback" not in res.stderr

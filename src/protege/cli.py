@@ -85,8 +85,11 @@ def _load(config: Path, overrides: list[str]):  # -> RunConfig (imported lazily)
 
 @app.command("config")
 def config_show(config: Path = ConfigOpt, set_: list[str] = SetOpt) -> None:
-    """Check a config and print it resolved (defaults filled in, paths absolute)."""
+    """Check a config (its rules, the files and models it names) and print it resolved."""
+    from protege.pipeline import check_inputs
+
     cfg = _load(config, set_)
+    check_inputs(cfg)
     out.print(cfg.to_yaml(), markup=False, highlight=False, end="")
     out.print(f"# {config}: valid", markup=False, highlight=False)
 
@@ -184,6 +187,18 @@ def eval_(config: Path = ConfigOpt, set_: list[str] = SetOpt) -> None:
     scores = run(cfg, _store(cfg), say=lambda m: out.print(m, markup=False, highlight=False))
     out.print(f"Scores: {_store(cfg).scores}", markup=False, highlight=False)
     out.print(scores["headline"], markup=False, highlight=False)
+
+
+@app.command("report")
+def report_(config: Path = ConfigOpt, set_: list[str] = SetOpt) -> None:
+    """Write RUN/report.html (self-contained, charts embedded) and RUN/report.md from the run directory."""
+    from protege.report import run
+
+    cfg = _load(config, set_)
+    result = run(_store(cfg))
+    out.print(f"wrote {result['html']} and {result['md']}", markup=False, highlight=False)
+    if result["without_data"]:
+        out.print(f"sections without data yet: {', '.join(result['without_data'])}", markup=False, highlight=False)
 
 
 @app.command("run")
@@ -307,7 +322,12 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        app(standalone_mode=False)
+        # Without standalone mode Typer *returns* exit codes (typer.Exit, and 130 for Ctrl-C).
+        rc = app(standalone_mode=False)
+        if rc == 130:
+            sys.exit(_interrupted())
+        if isinstance(rc, int) and not isinstance(rc, bool) and rc:
+            sys.exit(rc)
     except UserError as e:
         sys.exit(report(e))
     except KeyboardInterrupt:

@@ -109,6 +109,37 @@ def stage_key(cfg: RunConfig, store: RunStore, stage: str) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def check_inputs(cfg: RunConfig) -> None:
+    """Refuse, all at once, the input files and model specs of a config that do not exist or cannot be used.
+
+    The file and model half of `protege config`'s check (the config's own rules are pydantic validators):
+    what a stage would refuse later because a named file is missing or a model spec is malformed, reported
+    before anything slow runs. Specs of API models (`kind: openai`) are names, not checked here.
+    """
+    from protege import models
+
+    problems: list[str] = []
+    files = [("seeds", cfg.seeds), ("generate.instructions", cfg.generate.instructions), ("train.data", cfg.train.data)]
+    files += [(f"curate.decontaminate[{i}]", p) for i, p in enumerate(cfg.curate.decontaminate)]
+    for key, path in files:
+        if path is not None and not Path(path).is_file():
+            what = "is a directory, not a file" if Path(path).is_dir() else "not found"
+            problems.append(f"  - {key}: {path}: {what}")
+    specs = [("student.model", cfg.student.model)]
+    for key, block in (("teacher", cfg.teacher), ("curate.judge", cfg.curate.judge), ("eval.judge", cfg.eval.judge)):
+        if block is not None and block.kind != "openai":
+            specs.append((f"{key}.model", block.model))
+    for key, spec in specs:
+        try:
+            models.parse_spec(spec)
+        except UserError as err:
+            problems.append(f"  - {key}: {err.message}")
+    if problems:
+        raise UserError(f"{len(problems)} problem(s) with the files and models this config names:\n" + "\n".join(problems),
+                        hint="Fix the paths (relative to the config file) or the model specs "
+                             "(`protege models list` shows the named offline models).")
+
+
 def planned_stages(cfg: RunConfig) -> list[str]:
     """Stages this config asks for: no teacher -> curate the seeds; train.data given -> train only."""
     if cfg.train.data is None and cfg.teacher is None and not cfg.seeds:

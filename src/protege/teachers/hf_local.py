@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from protege.prompts import alpaca
 from protege.teachers.local import MicroBatcher, sampling_seed
 from protege.teachers.base import Completion, Request
 
@@ -27,6 +28,7 @@ class HFTeacher:
         self.tok.padding_side = "left"  # generation continues from the right end of every row
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
+        self.chat = bool(getattr(self.tok, "chat_template", None))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(self.device).eval()
         self.info = {"kind": "hf", "endpoint": "in-process", "model": self.name}
@@ -35,6 +37,8 @@ class HFTeacher:
     def _text(self, request: Request) -> str:
         if request.prompt is not None:
             return request.prompt
+        if not self.chat:  # a base model (or a student trained on it) answers the Alpaca prompt it was trained on
+            return alpaca.prompt(request.messages or [])
         return self.tok.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
 
     def _run(self, requests: list[Request]) -> list[Completion]:
@@ -42,8 +46,9 @@ class HFTeacher:
         s = requests[0].sampling
         max_new = int(s.get("max_tokens") or 256)
         temp = float(s.get("temperature", 1.0))
+        # Chat templates write their own special tokens; the Alpaca prompt gets the tokenizer's BOS, as in training.
         enc = self.tok([self._text(r) for r in requests], return_tensors="pt", padding=True,
-                       add_special_tokens=False).to(self.device)
+                       add_special_tokens=not self.chat).to(self.device)
         torch.manual_seed(sampling_seed(requests[0], self.spec))
         gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": self.tok.pad_token_id,
                                       "do_sample": temp > 0}

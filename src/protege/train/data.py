@@ -19,14 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from protege.errors import UserError
+from protege.prompts import alpaca
 from protege.records import Example
 
 IGNORE = -100
 
-ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
-                   "Write a response that appropriately completes the request.")
-ALPACA_PREAMBLE_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
-                         "further context. Write a response that appropriately completes the request.")
 
 
 @dataclass
@@ -91,28 +88,9 @@ def chat_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, lis
 
 
 def alpaca_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """The Alpaca prompt for base models without a chat template; later turns are appended as more
-    Instruction/Response blocks. The EOS is appended to each response and trained."""
-    eos = tokenizer.eos_token or ""
-    system = " ".join(m["content"] for m in messages if m["role"] == "system")
-    turns = [m for m in messages if m["role"] != "system"]
-    text, spans, first = "", [], True
-    for m in turns:
-        if m["role"] == "user":
-            if first:
-                instruction, _, inp = m["content"].partition("\n\n")
-                pre = system or (ALPACA_PREAMBLE_INPUT if inp else ALPACA_PREAMBLE)
-                text += f"{pre}\n\n### Instruction:\n{instruction}\n\n"
-                text += f"### Input:\n{inp}\n\n" if inp else ""
-                first = False
-            else:
-                text += f"\n\n### Instruction:\n{m['content']}\n\n"
-            text += "### Response:\n"
-        elif m["role"] == "assistant":
-            start = len(text)
-            text += m["content"] + eos
-            spans.append((start, len(text)))
-    return text, spans
+    """The Alpaca prompt (protege.prompts.alpaca) for base models without a chat template; the EOS is
+    appended to each response and trained."""
+    return alpaca.render(messages, eos=tokenizer.eos_token or "")
 
 
 def encode(tokenizer: Any, text: str, spans: list[tuple[int, int]], add_special: bool) -> tuple[list[int], list[int]]:

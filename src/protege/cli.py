@@ -41,11 +41,11 @@ FromOpt = typer.Option(None, "--from", help="Input format (default: detected): a
 @app.command()
 def demo(
     directory: Path = typer.Argument(Path("protege-demo"), help="Folder for the demo project (resumed if present)."),
-    num: int = typer.Option(12, "--num", help="Tasks the teacher should write (kept after filters)."),
-    steps: int = typer.Option(20, "--steps", help="LoRA optimizer steps for the student."),
+    num: int = typer.Option(40, "--num", help="Tasks the teacher should write (kept after filters; a quarter held out)."),
+    steps: int = typer.Option(40, "--steps", help="LoRA optimizer steps for the student."),
     teacher: str = typer.Option("qwen2.5-coder-1.5b-instruct", "--teacher", help="Offline teacher model (GGUF, llama.cpp)."),
 ) -> None:
-    """The whole loop offline in minutes: self-instruct, curate, LoRA-train SmolLM2, compare answers."""
+    """The whole loop offline: self-instruct, curate, LoRA-train SmolLM2, judge it against its base."""
     from rich.panel import Panel
 
     from protege.demo import run
@@ -53,10 +53,13 @@ def demo(
     result = run(directory, num=num, steps=steps, teacher=teacher,
                  say=lambda m: out.print(m, markup=False, highlight=False))
     for row in result["comparison"]:
-        body = "\n".join(f"[bold]{k}[/]: {escape(row[k])}" for k in ("reference", "base", "student"))
+        body = "\n".join(f"[bold]{k}[/]: {escape(row[k])}" for k in ("reference", "base", "student", "verdict")
+                         if k in row)
         out.print(Panel(body, title=escape(row["prompt"][:100]), title_align="left"))
-    out.print(f"Done. Everything is in {result['run_dir']} (manifest.json lists each artifact).",
-              markup=False, highlight=False)
+    if result["headline"]:
+        out.print(f"Verdict: {result['headline']}", markup=False, highlight=False)
+    out.print(f"Done. Everything is in {result['run_dir']} (manifest.json lists each artifact; "
+              f"protege report -c {directory / 'protege.yaml'} writes report.html).", markup=False, highlight=False)
 
 
 @app.command()
@@ -207,7 +210,7 @@ def run_all(
     set_: list[str] = SetOpt,
     force: bool = typer.Option(False, "--force", help="Run every stage even if its config and inputs are unchanged."),
 ) -> None:
-    """Run the whole pipeline (generate, curate, train), skipping stages whose inputs are unchanged."""
+    """Run the whole pipeline (generate, curate, train; eval with eval.in_run), skipping unchanged stages."""
     from protege.pipeline import run
 
     cfg = _load(config, set_)
@@ -233,6 +236,69 @@ def dedup(
     s = dedup_file(src, dst, threshold=threshold, field=field, from_=from_, to=to, exact=exact)
     out.print(f"kept {s.kept} of {s.total}, dropped {s.dropped} in {s.seconds:.2f} s -> {s.output} "
               f"(dropped, with matches: {s.dropped_file})", markup=False, highlight=False)
+
+
+ModelArg = typer.Argument(..., help="A run directory, student/merged or adapter folder, a model folder, a .gguf "
+                          "file, or a model spec (smollm2-135m-instruct, hf:ORG/NAME, gguf:PATH).")
+BaseOpt = typer.Option(None, "--base", help="The base model of a LoRA adapter (default: the one it was trained on).")
+
+
+@app.command()
+def serve(
+    model: str = ModelArg,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="NAME of the env variable holding the bearer key clients must send."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="hf | llamacpp (default: llamacpp for a .gguf, else hf)."),
+    base: Optional[str] = BaseOpt,
+    max_batch: int = typer.Option(8, "--max-batch", help="hf: most concurrent requests generated as one batch."),
+    max_queue: int = typer.Option(64, "--max-queue", help="Most requests inside the server (running + waiting); more get 503."),
+    n_ctx: int = typer.Option(4096, "--n-ctx", help="llamacpp: context length."),
+    n_threads: Optional[int] = typer.Option(None, "--n-threads", help="llamacpp: CPU threads (default: all cores)."),
+    served_name: Optional[str] = typer.Option(None, "--served-name", help="Model id clients use (default: the run or model name)."),
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming, /v1/models, /health)."""
+    from protege.ship.serve import run
+
+    run(model, host=host, port=port, api_key_env=api_key_env, backend=backend, base=base, max_batch=max_batch,
+        max_queue=max_queue, n_ctx=n_ctx, n_threads=n_threads, served_name=served_name,
+        say=lambda m: err.print(m, markup=False, highlight=False))
+
+
+@app.command()
+def chat(
+    model: str = ModelArg,
+    backend: Optional[str] = typer.Option(None, "--backend", help="hf | llamacpp (default: llamacpp for a .gguf, else hf)."),
+    base: Optional[str] = BaseOpt,
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt (change it later with /system TEXT)."),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="Longest answer, in tokens."),
+    temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature (0 = greedy)."),
+    n_threads: Optional[int] = typer.Option(None, "--n-threads", help="llamacpp: CPU threads (default: all cores)."),
+) -> None:
+    """Chat with a model in the terminal: streamed answers, history, /reset, /system TEXT, /exit; Ctrl-C stops an answer."""
+    from protege.ship.chat import run
+
+    run(model, backend=backend, base=base, system=system, max_tokens=max_tokens, temperature=temperature,
+        n_threads=n_threads)
+
+
+@app.command()
+def export(
+    model: str = ModelArg,
+    format_: str = typer.Option(..., "--format", help="hf (merged safetensors) | gguf | ollama (GGUF + Modelfile)."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write (new or empty, unless --force)."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="gguf/ollama: f16 (default) | q8_0 | q4_k_m."),
+    base: Optional[str] = BaseOpt,
+    check_prompts: int = typer.Option(5, "--check-prompts", help="gguf/ollama: prompts the llama.cpp-vs-HF check answers (0-10)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out folder."),
+) -> None:
+    """Export a student: merged safetensors, GGUF (checked with llama.cpp) or an Ollama Modelfile, with its model card."""
+    from protege.ship.export import run
+
+    record = run(model, fmt=format_, out=out_dir, quant=quant, base=base, force=force, check_prompts=check_prompts,
+                 say=lambda m: err.print(m, markup=False, highlight=False))
+    out.print(f"exported {record['source']} as {format_} to {out_dir}: {', '.join(record['files'])} "
+              f"({record['seconds']} s; details in {out_dir / 'export.json'})", markup=False, highlight=False)
 
 
 @models_app.command("list")

@@ -40,7 +40,9 @@ class TeacherConfig(_Block):
 
     kind: Literal["openai", "llamacpp", "hf", "vllm"]
     model: str = Field(description="API model name, or a model spec for llamacpp/hf/vllm")
-    base_url: str | None = None
+    base_url: str | list[str] | None = Field(
+        None, description="openai kind: the endpoint, or a list of replicas serving the same model "
+                          "(requests go to the least busy one; docs/scale.md)")
     api_key_env: str | None = Field(None, description="NAME of the env variable holding the key")
     api: Literal["chat", "completions"] = "chat"
     http: Literal["auto", "httpx", "aiohttp"] = Field(
@@ -64,19 +66,27 @@ class TeacherConfig(_Block):
 
     @field_validator("base_url")
     @classmethod
-    def _url_is_http(cls, v: str | None) -> str | None:
+    def _url_is_http(cls, v: str | list[str] | None) -> str | list[str] | None:
         # A typo in a URL must read as a config error, not as a slow teacher.
         if v is None:
             return v
         from urllib.parse import urlsplit
 
-        try:
-            parts = urlsplit(v)
-            parts.port  # noqa: B018  (raises ValueError on a bad port)
-        except ValueError as err:
-            raise ValueError(f"not a valid URL ({err}); write it like http://127.0.0.1:8000/v1") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname or " " in v:
-            raise ValueError("must be an http:// or https:// URL with a host, like http://127.0.0.1:8000/v1")
+        if isinstance(v, list):  # replicas of one model
+            if not v:
+                raise ValueError("an empty list of replicas: give at least one URL, or leave base_url out")
+            if len(set(v)) < len(v):
+                raise ValueError("the same URL is listed twice: each replica once")
+        for url in v if isinstance(v, list) else [v]:
+            where = f"{url!r}: " if isinstance(v, list) else ""
+            try:
+                parts = urlsplit(url)
+                parts.port  # noqa: B018  (raises ValueError on a bad port)
+            except ValueError as err:
+                raise ValueError(f"{where}not a valid URL ({err}); write it like http://127.0.0.1:8000/v1") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
+                raise ValueError(f"{where}must be an http:// or https:// URL with a host, like "
+                                 "http://127.0.0.1:8000/v1")
         return v
 
     @field_validator("api_key_env")
@@ -125,12 +135,19 @@ class GenerateConfig(_Block):
     turns: int = Field(3, ge=1, le=50)
     drop_truncated: bool = Field(
         True, description="drop answers cut off at max_tokens (finish_reason=length) to generate/dropped.jsonl")
+    # respond / explain with an openai teacher: the OpenAI Batch API (asynchronous, half price; docs/scale.md)
+    batch_api: bool = Field(False, description="send the requests as OpenAI Batch API jobs (upload, poll, "
+                            "download), then write the records from the cache; resumable")
+    batch_poll_s: float = Field(60, gt=0, description="batch_api: seconds between status checks of a batch")
 
     @model_validator(mode="after")
     def _consistent(self) -> GenerateConfig:
         if self.num_generated_in_prompt > self.num_prompt_tasks:
             raise ValueError(f"num_generated_in_prompt ({self.num_generated_in_prompt}) is larger than "
                              f"num_prompt_tasks ({self.num_prompt_tasks}): lower it")
+        if self.batch_api and self.mode not in ("respond", "explain"):
+            raise ValueError(f"batch_api sends a known list of requests, but mode {self.mode} decides each request "
+                             "from earlier answers: use mode respond or explain, or set batch_api: false")
         if self.mode in ("respond", "explain") and not self.instructions:
             raise ValueError(f"mode {self.mode} answers given instructions: set generate.instructions to a file "
                              "of them (any supported format; a .txt with one per line works)")
@@ -324,6 +341,9 @@ class RunConfig(_Block):
             raise ValueError("generate.budget_usd is set but the teacher has no prices, so spend cannot be counted: "
                              "set teacher.price_input_per_mtok and teacher.price_output_per_mtok (USD per million "
                              "tokens), or cap with generate.max_requests")
+        if g.batch_api and (t is None or t.kind != "openai" or isinstance(t.base_url, list)):
+            raise ValueError("generate.batch_api needs a teacher of kind openai with one base_url (a provider "
+                             "offering the OpenAI Batch API: /v1/files and /v1/batches)")
         return self
 
     def to_yaml(self) -> str:

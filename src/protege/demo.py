@@ -9,6 +9,7 @@ Rerunning it resumes: finished stages are skipped, teacher answers come from the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from protege.errors import UserError
 
 DEFAULT_TEACHER = "qwen2.5-coder-1.5b-instruct"
+DEFAULT_NUM = 40  # tasks to keep: with test 0.25, ~10 held out for the verdict
+DEFAULT_STEPS = 40
 
 
 def demo_overrides(num: int, steps: int, teacher: str) -> list[str]:
@@ -29,18 +32,24 @@ def demo_overrides(num: int, steps: int, teacher: str) -> list[str]:
         "generate.sampling.temperature=0.7",
         "generate.sampling.max_tokens=1024",
         "curate.split.val=0.1",
-        "curate.split.test=0.15",
+        "curate.split.test=0.25",
         f"train.max_steps={steps}",
         "train.batch_size=4",
         "train.max_seq_len=512",
         "train.save_every=10",
         "train.lr=3.0e-4",
+        # The verdict: student vs its base on the held-out test split, judged by the teacher in both orders;
+        # the teacher's own answers to those tasks (the split's outputs) are the reference candidate.
+        "eval.candidates=[student, base, reference]",
+        "eval.max_new_tokens=256",
+        "eval.judge_max_tokens=160",
     ]
 
 
-def run(directory: Path, *, num: int = 12, steps: int = 20, teacher: str = DEFAULT_TEACHER,
+def run(directory: Path, *, num: int = DEFAULT_NUM, steps: int = DEFAULT_STEPS, teacher: str = DEFAULT_TEACHER,
         compare: int = 3, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Scaffold (once) and run the pipeline in `directory`; return stage outcomes and comparisons."""
+    """Scaffold (once) and run the pipeline in `directory`, then evaluate the student on the held-out tasks;
+    return stage outcomes, the headline and a few side-by-side answers."""
     from protege import models, pipeline
     from protege.config import load_config
     from protege.scaffold import init_project
@@ -58,38 +67,41 @@ def run(directory: Path, *, num: int = 12, steps: int = 20, teacher: str = DEFAU
     store = RunStore(cfg.run_dir)
     store.write_config(cfg.to_yaml())
     say(f"teacher {teacher} (llama.cpp) -> self-instruct {num} tasks -> curate -> "
-        f"LoRA {steps} steps on {cfg.student.model}; artifacts in {store.root}")
+        f"LoRA {steps} steps on {cfg.student.model} -> eval on held-out tasks; artifacts in {store.root}")
     stages = pipeline.run(cfg, store, say=say)
-    rows = compare_answers(cfg.student.model, store, compare)
-    return {"stages": stages, "run_dir": str(store.root), "comparison": rows}
+    headline = None
+    if _count(store.split("test")):
+        # The same pipeline again with eval switched on: the finished stages are skipped (unchanged).
+        cfg = load_config(directory / "protege.yaml", demo_overrides(num, steps, teacher) + ["eval.in_run=true"])
+        stages.update(pipeline.run(cfg, store, say=say))
+        headline = json.loads(store.scores.read_text(encoding="utf-8")).get("headline")
+    else:
+        say("eval: skipped, no held-out tasks (the test split is empty); run with a larger --num for a verdict")
+    return {"stages": stages, "run_dir": str(store.root), "headline": headline,
+            "comparison": compare_answers(store, compare)}
 
 
-def compare_answers(base_spec: str, store: Any, n: int) -> list[dict[str, str]]:
-    """Greedy answers of the base model and the fine-tuned student on held-out prompts.
+def _count(path: Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) if path.exists() else 0
 
-    Both answer through the teachers' engine (`kind: hf` on their directories): batched, and cached in the
-    run's call log, so a rerun of the demo computes nothing again.
-    """
-    from protege import records
-    from protege.config import TeacherConfig
-    from protege.teachers import Request, complete_all
 
-    # Held-out prompts when the splits have any (a tiny demo may not): else training prompts.
-    held_out: list[records.Example] = []
-    for split in ("test", "val", "train"):
-        if store.split(split).exists():
-            held_out = records.read_examples(store.split(split))[:n]
-        if held_out:
-            break
-    if not held_out:
-        return []
-    rows: list[dict[str, str]] = [{"prompt": ex.prompt, "reference": ex.output} for ex in held_out]
-    requests = [Request(messages=[{"role": "user", "content": row["prompt"]}],
-                        sampling={"temperature": 0.0, "max_tokens": 96}) for row in rows]
-    student = store.merged_dir if store.merged_dir.exists() else store.adapter_dir
-    for name, spec in (("base", base_spec), ("student", str(student))):
-        results = complete_all(TeacherConfig(kind="hf", model=spec, max_concurrency=len(requests)), requests,
-                               store.calls_db)
-        for row, r in zip(rows, results):
-            row[name] = r.completion.text.strip() if r is not None and r.ok else f"(no answer: {r and r.error})"
-    return rows
+def compare_answers(store: Any, n: int) -> list[dict[str, str]]:
+    """The first `n` held-out prompts with the reference (teacher), base and student answers from `protege eval`
+    (eval/answers/, generated through the engine and cached), and the judge's verdict of student vs base."""
+    rows: dict[str, dict[str, str]] = {}
+    for name in ("reference", "base", "student"):
+        path = store.eval_answers("test", name)
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines()[:n]:
+            a = json.loads(line)
+            row = rows.setdefault(a["id"], {"prompt": a["prompt"] if isinstance(a["prompt"], str) else a["prompt"][0]})
+            answer = a.get("answer")
+            row[name] = (answer if isinstance(answer, str) else " / ".join(answer or [])) or "(no answer)"
+    if store.judgements.exists():
+        for line in store.judgements.read_text(encoding="utf-8").splitlines():
+            j = json.loads(line)
+            if j.get("set") == "test" and {j.get("a"), j.get("b")} == {"student", "base"} and j["id"] in rows:
+                winner = {"a": j["a"], "b": j["b"]}.get(j["winner"], "tie")
+                rows[j["id"]]["verdict"] = f"{winner}" + ("" if j.get("consistent") else " (orders disagreed)")
+    return [r for r in rows.values() if all(k in r for k in ("reference", "base", "student"))]

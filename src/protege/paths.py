@@ -74,6 +74,35 @@ def ensure_dir(path: str | Path) -> Path:
     return p
 
 
+def check_dir_creatable(path: str | Path) -> None:
+    """Raise the UserError `ensure_dir` would, without creating anything.
+
+    For checks before a run starts (before a teacher is asked or a model is loaded): the folder
+    exists and is writable, or its nearest existing ancestor is a writable folder.
+    """
+    p = Path(path)
+    for candidate in (p, *p.parents):
+        try:
+            is_dir = candidate.is_dir()
+            exists = is_dir or candidate.exists() or candidate.is_symlink()
+        except OSError as err:  # e.g. ELOOP
+            raise user_path_error(err, candidate, "use the folder") from None
+        if not exists:
+            continue
+        if not is_dir:
+            if candidate.is_symlink():  # a dangling link or a link loop
+                try:
+                    candidate.stat()
+                except OSError as err:
+                    raise user_path_error(err, candidate, "use the folder") from None
+            code = errno.EEXIST if candidate == p else errno.ENOTDIR
+            raise user_path_error(OSError(code, os.strerror(code), str(candidate)), p, "create the folder")
+        if not os.access(candidate, os.W_OK | os.X_OK):
+            code = errno.EROFS if _is_read_only(candidate) else errno.EACCES
+            raise user_path_error(OSError(code, os.strerror(code), str(candidate)), p, "create the folder")
+        return
+
+
 def _is_read_only(p: Path) -> bool:
     try:
         return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
@@ -81,13 +110,26 @@ def _is_read_only(p: Path) -> bool:
         return False
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` atomically (temp file in the same folder, fsync, rename)."""
     p = Path(path)
     with writing(p):
         p.parent.mkdir(parents=True, exist_ok=True)
+        if p.exists() and not p.is_file():
+            # A folder, a device (/dev/null), a pipe: a rename would replace it, so refuse.
+            code = errno.EISDIR if p.is_dir() else errno.EEXIST
+            raise UserError(f"cannot write {p}: it exists and is not a regular file "
+                            f"({os.strerror(code).lower()})", hint="Fix: choose another path.")
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
         try:
+            # mkstemp makes the file 0600; give it the mode a plain open() would (or the replaced file's own).
+            os.fchmod(fd, p.stat().st_mode & 0o7777 if p.exists() else 0o666 & ~_umask())
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

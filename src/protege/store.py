@@ -31,7 +31,7 @@ from typing import Any
 
 from protege.errors import UserError
 from protege.hashing import sha256_file
-from protege.paths import atomic_write_text, ensure_dir
+from protege.paths import atomic_write_text, check_dir_creatable, ensure_dir
 
 _TRACKED_PACKAGES = ("protege", "torch", "transformers", "peft", "trl", "accelerate", "datasets",
                      "openai", "llama_cpp_python", "rapidfuzz", "pydantic")
@@ -56,6 +56,7 @@ class RunStore:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.root = Path(run_dir)
+        self._artifacts_recorded = 0
 
     # -- layout -------------------------------------------------------------
     @property
@@ -173,6 +174,11 @@ class RunStore:
     def report_md(self) -> Path:
         return self.root / "report.md"
 
+    def check_writable(self) -> None:
+        """Raise the UserError `ensure` would (a file in the way, read-only, a symlink loop), without
+        creating anything: for checks before a stage starts its work."""
+        check_dir_creatable(self.root)
+
     def ensure(self, *dirs: Path) -> None:
         """Create the run directory and `dirs` in it; a path that cannot be created or written
         (a file in the way, read-only, no permission, a symlink loop) is a UserError naming it."""
@@ -211,6 +217,7 @@ class RunStore:
         if records is not None:
             entry["records"] = records
         manifest = self.load_manifest()
+        self._artifacts_recorded += 1
         manifest["artifacts"][self.relative(path)] = entry
         self._save_manifest(manifest)
         return entry
@@ -245,24 +252,35 @@ class RunStore:
         """Time a stage and record it in the manifest, also when it fails.
 
         Yields a dict the stage may fill with facts worth keeping (counts, inputs' hashes).
+        A stage refused with a UserError before it recorded any artifact (a bad input file, a
+        refused setting) leaves the manifest untouched: bad input never changes the run directory.
         """
         info: dict[str, Any] = {"started": now_iso(), "config_hash": config_hash}
         t0 = time.perf_counter()
         status = "failed"
+        recorded_before = self._artifacts_recorded
         try:
             yield info
             status = "ok"
         except KeyboardInterrupt:
             status = "interrupted"
             raise
+        except UserError:
+            if self._artifacts_recorded == recorded_before:
+                status = "refused"
+            raise
         finally:
-            info["seconds"] = round(time.perf_counter() - t0, 3)
-            info["finished"] = now_iso()
-            info["status"] = status
-            info["argv"] = sys.argv[1:]
-            manifest = self.load_manifest()
-            manifest["stages"][name] = info
-            self._save_manifest(manifest)
+            if status != "refused":
+                self._record_stage(name, info, t0, status)
+
+    def _record_stage(self, name: str, info: dict[str, Any], t0: float, status: str) -> None:
+        info["seconds"] = round(time.perf_counter() - t0, 3)
+        info["finished"] = now_iso()
+        info["status"] = status
+        info["argv"] = sys.argv[1:]
+        manifest = self.load_manifest()
+        manifest["stages"][name] = info
+        self._save_manifest(manifest)
 
 
 def _version() -> str:

@@ -64,10 +64,15 @@ def _chain(cfg: RunConfig, drops: F.Drops, calls_db: Path | None = None) -> list
                       f"({', '.join(Path(p).name for p in c.decontaminate)}); {c.decontam_action}",
                       partial(decontaminate, drops=drops, index=index, action=c.decontam_action)))
     if c.dedup_mode == "minhash":
-        raise UserError("curate.dedup_mode: minhash is not implemented yet",
-                        hint="Use dedup_mode: exact (exact ROUGE-L, fast enough for ~10^5 records).")
-    chain.append(("near_duplicate", f"ROUGE-L({c.dedup_field}) > {c.rouge_threshold}",
-                  partial(F.near_duplicates, drops=drops, threshold=c.rouge_threshold, field=c.dedup_field)))
+        from protege.curate import minhash
+
+        chain.append(("near_duplicate", f"ROUGE-L({c.dedup_field}) > {c.rouge_threshold} on MinHash LSH "
+                      f"candidates ({minhash.BANDS} bands x {minhash.NUM_PERM // minhash.BANDS} rows)",
+                      partial(minhash.near_duplicates, drops=drops, threshold=c.rouge_threshold,
+                              field=c.dedup_field)))
+    else:
+        chain.append(("near_duplicate", f"ROUGE-L({c.dedup_field}) > {c.rouge_threshold}",
+                      partial(F.near_duplicates, drops=drops, threshold=c.rouge_threshold, field=c.dedup_field)))
     if c.judge is not None:  # last: the only filter that costs teacher calls
         chain.append(("llm_judge", f"{c.judge.kind} {c.judge.model}, keep score >= {c.judge_threshold}",
                       partial(F.llm_judge, drops=drops, cfg=c.judge, threshold=c.judge_threshold,
@@ -116,11 +121,11 @@ def run(cfg: RunConfig, store: RunStore, input_path: str | Path | None = None,
     if not src.exists():
         raise UserError(f"curate: input not found: {src}",
                         hint="Run `protege generate -c CONFIG` first, or curate any file with --input FILE.")
+    examples = read_examples(src)  # a bad input is refused before anything in the run directory changes
+    if not examples:
+        raise UserError(f"curate: {src} holds no records")
     store.write_config(cfg.to_yaml())
     with store.stage("curate", cfg.hash()) as info:
-        examples = read_examples(src)
-        if not examples:
-            raise UserError(f"curate: {src} holds no records")
         drops = F.Drops()
         chain = _chain(cfg, drops, store.calls_db)
         t0 = time.perf_counter()

@@ -32,6 +32,15 @@ MODES = ("self-instruct", "respond", "explain", "self-chat")
 
 
 def _build_mode(cfg: RunConfig) -> Mode:
+    try:
+        return _mode_for(cfg)
+    except UnicodeDecodeError as err:
+        path = cfg.generate.instructions if cfg.generate.mode in ("respond", "explain") else cfg.seeds
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r})",
+                        hint="Save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from None
+
+
+def _mode_for(cfg: RunConfig) -> Mode:
     from protege.generate.modes import Respond, SelfChat
     from protege.generate.self_instruct import SelfInstruct
 
@@ -57,13 +66,23 @@ def run(cfg: RunConfig, store: RunStore, dry_run: bool = False) -> dict[str, Any
     """Run the generate stage. With `dry_run`, print the plan (requests, tokens, cost) and call nothing."""
     _check(cfg)
     mode = _build_mode(cfg)  # reads and validates the inputs before anything is written
+    if mode.total == 0:
+        raise UserError(f"generate.{'instructions' if cfg.generate.instructions else 'seeds'}: "
+                        f"{cfg.generate.instructions or cfg.seeds}: nothing to generate from (no records)",
+                        hint="Point it at a file with at least one instruction.")
     if dry_run:
         return dry_run_report(cfg, store, mode)
+    store.check_writable()  # a run_dir that cannot be created fails before the teacher is asked
     done, kept_records = _peek(store)
     if mode.remaining(done, kept_records) > 0:
         asyncio.run(_preflight(cfg))
     store.write_config(cfg.to_yaml())
     with store.stage("generate", cfg.hash()) as info:
+        if cfg.generate.batch_api:  # answers arrive through the Batch API into the cache; the run below writes them
+            from protege.generate.batch_api import run_batches
+
+            info["batch_api"] = run_batches(cfg, store, mode.planned_requests(done, kept_records,
+                                                                              sampling_params(cfg))[1])
         summary = asyncio.run(_generate(cfg, store, mode))
         info.update({k: v for k, v in summary.items() if k != "notes"})
     for path, n in ((store.raw, summary["records"]), (store.generate_dropped, summary["dropped_total"]),

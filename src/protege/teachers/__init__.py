@@ -26,6 +26,12 @@ def _openai(cfg: TeacherConfig) -> Teacher:
         import importlib.util
 
         http = "aiohttp" if importlib.util.find_spec("aiohttp") else "httpx"
+    if isinstance(cfg.base_url, list):  # replicas: one client each, least-outstanding routing on top
+        from protege.teachers.replicas import ReplicaTeacher
+
+        return ReplicaTeacher([OpenAITeacher(model=cfg.model, base_url=u, api_key_env=cfg.api_key_env, api=cfg.api,
+                                             timeout_s=cfg.timeout_s, max_connections=max(cfg.max_concurrency, 1),
+                                             http=http) for u in cfg.base_url], cfg.base_url)
     return OpenAITeacher(model=cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, api=cfg.api,
                          timeout_s=cfg.timeout_s, max_connections=max(cfg.max_concurrency, 1), http=http)
 

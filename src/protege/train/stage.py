@@ -61,7 +61,8 @@ def _check_outputs(store: RunStore, resume: bool, console: Any = None) -> str | 
             extra = f" (only incomplete ones: {', '.join(p.name for p in torn)})" if torn else ""
             raise UserError(f"--resume: no complete checkpoint in {store.checkpoints_dir}{extra}",
                             hint="Run without --resume to start training.")
-        clear_partial_checkpoints(store.checkpoints_dir)  # what a kill left half-written
+        if is_main_process():  # one rank cleans up (the others only read)
+            clear_partial_checkpoints(store.checkpoints_dir)  # what a kill left half-written
         if console is not None:
             skipped = f"; skipped incomplete {', '.join(p.name for p in torn)}" if torn else ""
             console.print(f"resuming from the newest complete checkpoint: {newest}{skipped}",
@@ -75,16 +76,24 @@ def _check_outputs(store: RunStore, resume: bool, console: Any = None) -> str | 
     return None
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a `torchrun` / `accelerate launch` job (or a plain single process): the one that
+    writes. Read from the launcher's RANK variable, so it holds before torch.distributed starts."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def load_model(path: Path, cfg: RunConfig, plan: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    kw: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "sdpa"}
-    if cfg.train.method == "lora" and plan.device == "cuda" and plan.bf16:
-        # Frozen base in bf16 (PEFT keeps the adapters in fp32): half the memory, and attention gets bf16
-        # inputs, so SDPA can use its flash kernels (fp32 inputs of a GQA model fall back to the math path,
-        # which materialises batch x heads x seq x seq scores: measured OOM at 4 x 2048 on an H100).
-        kw["dtype"] = torch.bfloat16
+    # plan.weights_dtype: bf16 on a bf16 GPU for LoRA (frozen base; PEFT keeps the adapters in fp32) and
+    # full fine-tunes (AdamW on fp32 master copies, train.master_weights): half the memory, and attention
+    # gets bf16 inputs, so SDPA can use its flash kernels (fp32 inputs of a GQA model fall back to the math
+    # path, which materialises batch x heads x seq x seq scores: measured OOM at 4 x 2048 on an H100).
+    kw: dict[str, Any] = {"dtype": getattr(torch, getattr(plan, "weights_dtype", "float32")),
+                          "attn_implementation": "sdpa"}
     if cfg.train.method == "qlora":
         try:
             import bitsandbytes  # noqa: F401
@@ -168,7 +177,8 @@ def training_args(cfg: RunConfig, store: RunStore, plan: Any, has_val: bool) -> 
         disable_tqdm=True,
         remove_unused_columns=False,
         use_cpu=plan.device == "cpu",
-        bf16=plan.bf16,
+        bf16=plan.autocast,  # bf16 full fine-tunes hold bf16 weights and run without autocast
+        logging_nan_inf_filter=False,  # its isnan() check would wait for the device after every micro-batch
         activation_checkpointing=plan.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if plan.gradient_checkpointing else None,
         dataloader_pin_memory=plan.device != "cpu",
@@ -181,10 +191,12 @@ def run(cfg: RunConfig, store: RunStore, resume: bool = False, console: Any = No
     """Train the student; returns a summary (paths, losses, steps, trained tokens/s, resumed step)."""
     from rich.console import Console
 
-    console = console or Console()
+    console = console or Console(quiet=not is_main_process())  # under a launcher, rank 0 speaks
     examples, source, val_examples = _load_data(cfg, store)
     gate_text, governance_md = _governance(examples, cfg)
     ckpt = _check_outputs(store, resume, console)
+    if not is_main_process():  # the other ranks train; rank 0 alone writes the run directory and manifest
+        return _train(cfg, store, examples, source, val_examples, ckpt, gate_text, governance_md, console)
     with store.stage("train", cfg.hash()) as info:
         result = _train(cfg, store, examples, source, val_examples, ckpt, gate_text, governance_md, console)
         info.update({k: v for k, v in result.items() if isinstance(v, (int, float, str)) or v is None})
@@ -215,14 +227,21 @@ def _train(cfg: RunConfig, store: RunStore, examples: list[Example], source: str
     check_launch(t.method, base_dir)
     torch.manual_seed(t.seed)
     model = load_model(base_dir, cfg, plan)
+    if plan.compile:
+        from protege.train.speed import compile_decoder_layers
+
+        n_compiled = compile_decoder_layers(model)
+        console.print(f"torch.compile: {n_compiled} decoder layers (regional; the first steps compile)"
+                      if n_compiled else "[yellow]note: train.compile found no decoder layers; running eager")
     if plan.token_budget and plan.token_budget < max(len(it.input_ids) for it in res.items):
         console.print(f"[yellow]note: examples longer than token_budget={plan.token_budget} go one per batch")
     est = memory_estimate(model, plan, t.method, t.lora_dropout)
     desc = f"{cfg.student.model} -> {base_dir} ({model.config.model_type})"
     text = render(res, len(examples), source, tokenizer, cfg, plan, est, available_memory(plan.device), desc,
                   gate_text)
-    store.ensure(store.student_dir)
-    store.preflight.write_text(text, encoding="utf-8")
+    if is_main_process():
+        store.ensure(store.student_dir)
+        store.preflight.write_text(text, encoding="utf-8")
     console.print(text, markup=False, highlight=False)
 
     stats = TokenStats()
@@ -231,8 +250,14 @@ def _train(cfg: RunConfig, store: RunStore, examples: list[Example], source: str
         state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
         resumed_step = int(state.get("global_step", 0))
         console.print(f"[bold]Resuming from {ckpt} (step {resumed_step})[/bold]")
-        trim_metrics(store.metrics, resumed_step)
-    callbacks = [metrics_callback(store.metrics, stats, console, show_progress=console.is_terminal)]
+        if is_main_process():
+            trim_metrics(store.metrics, resumed_step)
+    from protege.train.speed import peak_bf16_flops, train_flops_per_token
+
+    peak = peak_bf16_flops(torch.cuda.get_device_name()) if plan.device == "cuda" and plan.bf16 else None
+    metrics_cb = metrics_callback(store.metrics, stats, console, show_progress=console.is_terminal,
+                                  flops_per_token=train_flops_per_token(model), peak_flops=peak)
+    callbacks = [metrics_cb]
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
     args = training_args(cfg, store, plan, bool(val_res.items))
@@ -240,7 +265,8 @@ def _train(cfg: RunConfig, store: RunStore, examples: list[Example], source: str
         model=model, args=args, train_dataset=ListDataset(res.items),
         eval_dataset=ListDataset(val_res.items) if val_res.items else None,
         data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer, callbacks=callbacks,
-        token_budget=plan.token_budget, fast_loss=plan.fast_loss, stats=stats)
+        token_budget=plan.token_budget, fast_loss=plan.fast_loss, stats=stats, fused_loss=plan.fused_loss,
+        master_weights=plan.master_weights)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our callback prints/logs; no raw dicts on stdout
@@ -259,6 +285,8 @@ def _train(cfg: RunConfig, store: RunStore, examples: list[Example], source: str
         store.record_artifact(p, "train")
     return {**outputs, **losses, "resumed_from_step": resumed_step, "examples": len(res.items),
             "train_runtime_s": out.metrics.get("train_runtime"),
+            **metrics_cb.throughput(), "fused_loss": plan.fused_loss if plan.fast_loss else None,
+            "compile": plan.compile, "weights_dtype": plan.weights_dtype,
             "trained_tokens_per_s": round(stats.trained / out.metrics["train_runtime"], 2)
             if out.metrics.get("train_runtime") else None}
 

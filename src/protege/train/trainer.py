@@ -20,12 +20,48 @@ from protege.train.loss import backbone_and_head, trained_positions_loss
 
 
 class TokenStats:
-    """Counters shared between the trainer (which sees the batches) and the callbacks (which log)."""
+    """Counters shared between the trainer (which sees the batches) and the callbacks (which log).
+
+    On a GPU the per-batch counts stay on the device until read (`trained` / `real`), so counting adds
+    no host-device synchronisation to a step; the callbacks read them when a step is logged.
+    """
 
     def __init__(self) -> None:
-        self.trained = 0  # tokens with a loss (labels != -100 after the shift)
-        self.real = 0  # non-padding tokens
+        self._trained = 0  # tokens with a loss (labels != -100 after the shift)
+        self._real = 0  # non-padding tokens
         self.padded = 0  # tokens including padding
+        self._pending: list[Any] = []  # device tensors [trained, real] not yet added
+
+    def add(self, labels: Any, attention_mask: Any) -> None:
+        """Count one micro-batch."""
+        self.padded += int(labels.numel())
+        trained, real = (labels[:, 1:] != -100).sum(), attention_mask.sum()
+        if labels.device.type == "cpu":
+            self._trained += int(trained)
+            self._real += int(real)
+        else:
+            import torch
+
+            self._pending.append(torch.stack([trained, real.to(trained.dtype)]))
+
+    def _flush(self) -> None:
+        if self._pending:
+            import torch
+
+            t, r = torch.stack(self._pending).sum(0).tolist()
+            self._pending.clear()
+            self._trained += int(t)
+            self._real += int(r)
+
+    @property
+    def trained(self) -> int:
+        self._flush()
+        return self._trained
+
+    @property
+    def real(self) -> int:
+        self._flush()
+        return self._real
 
 
 def trainer_class():  # type: ignore[no-untyped-def]
@@ -38,11 +74,26 @@ def trainer_class():  # type: ignore[no-untyped-def]
         """`Trainer` + token-budget length-grouped batches + loss on trained positions only."""
 
         def __init__(self, *a: Any, token_budget: int | None = None, fast_loss: bool = True,
-                     stats: TokenStats | None = None, **kw: Any) -> None:
+                     stats: TokenStats | None = None, fused_loss: str = "protege", master_weights: bool = False,
+                     **kw: Any) -> None:
             super().__init__(*a, **kw)
             self.token_budget = token_budget
             self.fast_loss = fast_loss
+            self.fused_loss = fused_loss  # kernel of the fast loss: protege | liger
+            self.master_weights = master_weights  # AdamW on fp32 master copies of bf16 weights
             self.stats = stats or TokenStats()
+
+        def create_optimizer(self, *a: Any, **kw: Any) -> Any:
+            # The library's AdamW (same kwargs: lr, betas, eps, fused), stepping fp32 master copies.
+            if self.master_weights and self.optimizer is None and getattr(self, "optimizer_cls_and_kwargs", None) is None:
+                import torch
+
+                from protege.train.speed import master_weight_adamw
+
+                cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+                if isinstance(cls, type) and issubclass(cls, torch.optim.AdamW):
+                    self.optimizer_cls_and_kwargs = (master_weight_adamw(), kwargs)
+            return super().create_optimizer(*a, **kw)
 
         def _get_output_dir(self, trial: Any) -> str:
             # While a checkpoint is written: its staging folder (see _save_checkpoint).
@@ -65,6 +116,10 @@ def trainer_class():  # type: ignore[no-untyped-def]
             self.accelerator.wait_for_everyone()  # every rank's shards are written
             if self.args.should_save:
                 publish_checkpoint(staging_root / name, final_root / name, self.state)
+                try:
+                    staging_root.rmdir()  # only when empty
+                except OSError:
+                    pass
                 rotate_complete_checkpoints(final_root, self.args.save_total_limit,
                                             self.state.best_model_checkpoint)
             self.accelerator.wait_for_everyone()
@@ -81,27 +136,35 @@ def trainer_class():  # type: ignore[no-untyped-def]
             return self.accelerator.prepare(dl)
 
         def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-            labels = inputs["labels"]
-            self.stats.trained += int((labels[:, 1:] != -100).sum())
-            self.stats.real += int(inputs["attention_mask"].sum())
-            self.stats.padded += int(labels.numel())
+            self.stats.add(inputs["labels"], inputs["attention_mask"])
             return super().training_step(model, inputs, num_items_in_batch)
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             # The fast path calls the backbone directly, so it needs the unwrapped module: under
             # DDP/FSDP/DeepSpeed wrapping we keep the model's own loss.
+            # accelerate applies mixed precision by wrapping `model.forward` in autocast; the fast path does
+            # not go through `model.forward`, so it enters the same autocast itself (before this, bf16
+            # training ran the fast path in fp32: issue 14).
             if self.fast_loss and self.accelerator.unwrap_model(model) is model and backbone_and_head(model):
-                loss = trained_positions_loss(model, inputs, num_items_in_batch)
+                with self.accelerator.autocast():
+                    loss = trained_positions_loss(model, inputs, num_items_in_batch, kernel=self.fused_loss)
                 return (loss, {"loss": loss}) if return_outputs else loss
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     return ProtegeTrainer
 
 
-def metrics_callback(path: Path, stats: TokenStats, console: Any = None,
-                     show_progress: bool = True):  # type: ignore[no-untyped-def]
-    """A TrainerCallback writing metrics JSONL (step, loss, lr, trained tokens, tokens/s) and a Rich bar."""
+def metrics_callback(path: Path, stats: TokenStats, console: Any = None, show_progress: bool = True,
+                     flops_per_token: float | None = None,
+                     peak_flops: float | None = None):  # type: ignore[no-untyped-def]
+    """A TrainerCallback writing metrics JSONL (step, loss, lr, trained tokens, tokens/s, MFU) and a Rich bar.
+
+    `tokens_per_s` on each line: real (non-padding) tokens per second since the previous logged step (the
+    Trainer reads the loss before logging, so the device has finished that step). `mfu`: that rate times
+    `flops_per_token` over `peak_flops`, when both are known (a GPU with a known bf16 peak).
+    `throughput()` gives the same over the steps after the warm-up (compilation, allocator) for the summary.
+    """
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
@@ -109,6 +172,20 @@ def metrics_callback(path: Path, stats: TokenStats, console: Any = None,
             self.t0 = time.perf_counter()
             self.progress: Any = None
             self.task: Any = None
+            self.points: list[tuple[int, float, int]] = []  # (step, seconds since start, real tokens)
+
+        def _mfu(self, tok_s: float) -> float | None:
+            return round(tok_s * flops_per_token / peak_flops, 4) if flops_per_token and peak_flops else None
+
+        def throughput(self) -> dict[str, Any]:
+            """tokens/s (and MFU) from step k+1 to the last step, k = min(5, steps // 4) warm-up steps."""
+            pts = self.points
+            if len(pts) < 2:
+                return {"tokens_per_s": None, "mfu": None, "throughput_from_step": None}
+            k = max(1, min(5, len(pts) // 4))
+            (s0, t0, n0), (_, t1, n1) = pts[k - 1], pts[-1]
+            rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+            return {"tokens_per_s": round(rate, 1), "mfu": self._mfu(rate), "throughput_from_step": s0 + 1}
 
         def _rate(self) -> float:
             dt = time.perf_counter() - self.t0
@@ -142,9 +219,18 @@ def metrics_callback(path: Path, stats: TokenStats, console: Any = None,
                 rec["eval_loss"] = logs["eval_loss"]
             if len(rec) == 2:
                 return
+            elapsed = time.perf_counter() - self.t0
             rec.update(trained_tokens=stats.trained, tokens=stats.real,
-                       trained_tokens_per_s=round(self._rate(), 2),
-                       elapsed_s=round(time.perf_counter() - self.t0, 2))
+                       trained_tokens_per_s=round(self._rate(), 2), elapsed_s=round(elapsed, 2))
+            if "loss" in rec:
+                if self.points:
+                    _, t_prev, n_prev = self.points[-1]
+                    if elapsed > t_prev:
+                        rate = (rec["tokens"] - n_prev) / (elapsed - t_prev)
+                        rec["tokens_per_s"] = round(rate, 1)
+                        if (mfu := self._mfu(rate)) is not None:
+                            rec["mfu"] = mfu
+                self.points.append((state.global_step, elapsed, rec["tokens"]))
             if state.is_world_process_zero:
                 with path.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(rec) + "\n")

@@ -16,9 +16,14 @@ on other records (allocator and kernels warm), then starts from a fresh optimize
            padded tokens per batch, length-grouped, loss on trained positions only.
 
 Metric: trained (label) and real (non-padding) tokens per second over the epoch, padded/real tokens,
-peak RSS. Run:
+peak RSS. `--dtype fp32|bf16|auto` (default auto = the cpu preset's choice: bf16 autocast only where the CPU
+has avx512_bf16/AMX) applies to both variants; each row says which dtype ran (`dtype`) and whether the CPU
+has native bf16 (`cpu_native_bf16`). Run:
 
     .venv/bin/python benchmarks/bench_train.py                # 128 records: ~6 min on 2 cores
+    .venv/bin/python benchmarks/bench_train.py --dtype bf16   # bf16 autocast for both variants
+    # any model dir / data file protege reads (the GPU session uses random SmolLM2-shaped weights):
+    python benchmarks/bench_train.py --model DIR --data FILE.jsonl --records 64 --threads 8
 """
 
 from __future__ import annotations
@@ -35,7 +40,12 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "alpaca" / "alpagasus_random_9k.json"
 
 
-def child(variant: str, n_records: int, budget: int | None, lora_dropout: float | None = None) -> dict:
+DTYPES = {"fp32": False, "bf16": True, "auto": None}
+
+
+def child(variant: str, n_records: int, budget: int | None, lora_dropout: float | None = None,
+          dtype: str = "auto", model_spec: str | None = None, data: str | None = None,
+          profile_steps: int = 0) -> dict:
     import tempfile
 
     import torch
@@ -43,18 +53,23 @@ def child(variant: str, n_records: int, budget: int | None, lora_dropout: float 
 
     from protege import models
     from protege.config import RunConfig
-    from protege.records import from_alpaca
+    from protege.records import from_alpaca, read_examples
     from protege.store import RunStore
     from protege.train.stage import load_model, training_args
     from protege.train.data import ListDataset, PadCollator, tokenize_examples
     from protege.train.loss import trained_positions_loss
-    from protege.train.presets import resolve_plan
+    from protege.train.presets import cpu_has_bf16, resolve_plan
     from protege.train.trainer import TokenStats, trainer_class
 
-    recs = json.loads(DATA.read_text())
-    examples = [from_alpaca(r) for r in recs[:n_records]]
-    warm_examples = [from_alpaca(r) for r in recs[n_records:n_records + 64]]
+    if data:
+        every = read_examples(data)
+    else:
+        every = [from_alpaca(r) for r in json.loads(DATA.read_text())[:n_records + 64]]
+    examples, warm_examples = every[:n_records], every[n_records:n_records + 64]
     cfg = RunConfig(run_dir=tempfile.mkdtemp(prefix="bench_train_"))
+    if model_spec:
+        cfg.student.model = model_spec
+    cfg.train.bf16 = DTYPES[dtype]
     cfg.train.epochs = 1
     cfg.train.save_every = 100_000
     cfg.train.preset = "cpu"
@@ -79,7 +94,8 @@ def child(variant: str, n_records: int, budget: int | None, lora_dropout: float 
                   key=lambda it: len(it.input_ids))[24:30]
     wb = collate([{"input_ids": it.input_ids, "labels": it.labels} for it in warm])
     model.train()
-    loss = trained_positions_loss(model, wb) if plan.fast_loss else model(**wb).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.autocast):
+        loss = trained_positions_loss(model, wb) if plan.fast_loss else model(**wb).loss
     loss.backward()
     model.zero_grad(set_to_none=True)
 
@@ -95,11 +111,24 @@ def child(variant: str, n_records: int, budget: int | None, lora_dropout: float 
 
     args = training_args(cfg, RunStore(cfg.run_dir), plan, has_val=False)
     args.report_to = []
+    if profile_steps:
+        args.max_steps = profile_steps
     trainer = trainer_class()(model=model, args=args, train_dataset=ListDataset(res.items),
                               data_collator=collate, processing_class=tok,
                               callbacks=[Timer()], token_budget=plan.token_budget, fast_loss=plan.fast_loss,
                               stats=stats)
-    out = trainer.train()
+    prof_rows: list = []
+    if profile_steps:  # per-op profile of the first steps (torch.profiler, CPU self time)
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            out = trainer.train()
+        ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in ev) or 1
+        prof_rows = [(e.key, round(e.self_cpu_time_total / 1e3, 1), round(100 * e.self_cpu_time_total / total, 1),
+                      e.count) for e in ev[:15]]
+    else:
+        out = trainer.train()
     dt = marks["t1"] - marks["t0"]
     hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                if line.startswith("VmHWM"))
@@ -108,7 +137,8 @@ def child(variant: str, n_records: int, budget: int | None, lora_dropout: float 
             "trained_tok_s": round(stats.trained / dt, 1), "real_tok_s": round(stats.real / dt, 1),
             "peak_rss_gib": round(hwm / 2**20, 2), "final_loss": out.training_loss,
             "token_budget": plan.token_budget, "fast_loss": plan.fast_loss, "threads": torch.get_num_threads(),
-            "lora_dropout": cfg.train.lora_dropout}
+            "lora_dropout": cfg.train.lora_dropout, "dtype": "bf16" if plan.autocast else "fp32",
+            "cpu_native_bf16": cpu_has_bf16(), **({"profile": prof_rows} if prof_rows else {})}
 
 
 def main() -> None:
@@ -118,18 +148,33 @@ def main() -> None:
     p.add_argument("--records", type=int, default=128)
     p.add_argument("--token-budget", type=int, default=None, help="what-if: another token budget (protege)")
     p.add_argument("--lora-dropout", type=float, default=None, help="what-if: another lora_dropout (both variants)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
+                   help="fp32, bf16 (autocast), auto (the cpu preset: bf16 only with avx512_bf16/AMX)")
+    p.add_argument("--model", default=None, help="student model spec or dir (default: smollm2-135m-instruct)")
+    p.add_argument("--data", default=None, help="any file protege reads (default: the Alpaca subset)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="profile the first N steps per variant (torch.profiler; top ops by CPU self time)")
     a = p.parse_args()
-    if not DATA.exists():
+    if not a.data and not DATA.exists():
         sys.exit(f"data not found: {DATA}")
     if a.variant:
-        print("RESULT " + json.dumps(child(a.variant, a.records, a.token_budget, a.lora_dropout)), flush=True)
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
+        print("RESULT " + json.dumps(child(a.variant, a.records, a.token_budget, a.lora_dropout, a.dtype,
+                                           a.model, a.data, a.profile_steps)), flush=True)
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     rows = []
     for v in a.variants.split(","):
         cmd = [sys.executable, __file__, "--variant", v, "--records", str(a.records)] \
             + (["--token-budget", str(a.token_budget)] if a.token_budget else []) \
-            + (["--lora-dropout", str(a.lora_dropout)] if a.lora_dropout is not None else [])
+            + (["--lora-dropout", str(a.lora_dropout)] if a.lora_dropout is not None else []) \
+            + ["--dtype", a.dtype] + (["--model", a.model] if a.model else []) \
+            + (["--data", a.data] if a.data else []) + (["--threads", str(a.threads)] if a.threads else []) \
+            + (["--profile-steps", str(a.profile_steps)] if a.profile_steps else [])
         t = time.time()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -139,14 +184,20 @@ def main() -> None:
         row["wall_s"] = round(time.time() - t, 1)
         row["load_avg_after"] = os.getloadavg()[0]
         rows.append(row)
+        prof = row.pop("profile", None)
         print(json.dumps(row), flush=True)
-    if len({(r["trained_tokens"], r["real_tokens"]) for r in rows}) != 1:
+        if prof:
+            print(f"top ops, {v}, {row['dtype']} (self CPU ms, %, calls):")
+            for name, ms, pct, n in prof:
+                print(f"  {name:48s} {ms:10.1f} {pct:5.1f}% {n:6d}")
+    if not a.profile_steps and len({(r["trained_tokens"], r["real_tokens"]) for r in rows}) != 1:
         sys.exit("the variants saw different tokens: the comparison would not be fair")
     base = next((r for r in rows if r["variant"] == "naive"), rows[0])
-    print("\n| variant | seconds | trained tok/s | real tok/s | x naive | padded/real | peak RSS (VmHWM) |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\ncpu_native_bf16: {rows[0]['cpu_native_bf16']}, threads: {rows[0]['threads']}")
+    print("\n| variant | dtype | seconds | trained tok/s | real tok/s | x naive | padded/real | peak RSS (VmHWM) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['seconds']} | {r['trained_tok_s']} | {r['real_tok_s']} | "
+        print(f"| {r['variant']} | {r['dtype']} | {r['seconds']} | {r['trained_tok_s']} | {r['real_tok_s']} | "
               f"{base['seconds'] / r['seconds']:.2f} | {r['padded_tokens'] / r['real_tokens']:.2f} | "
               f"{r['peak_rss_gib']} GiB |")
 

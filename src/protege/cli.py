@@ -254,7 +254,7 @@ def serve(
     max_batch: int = typer.Option(8, "--max-batch", help="hf: most concurrent requests generated as one batch."),
     max_queue: int = typer.Option(64, "--max-queue", help="Most requests inside the server (running + waiting); more get 503."),
     n_ctx: int = typer.Option(4096, "--n-ctx", help="llamacpp: context length."),
-    n_threads: Optional[int] = typer.Option(None, "--n-threads", help="llamacpp: CPU threads (default: all cores)."),
+    n_threads: Optional[int] = typer.Option(None, "--n-threads", help="CPU threads for the model (default: all cores)."),
     served_name: Optional[str] = typer.Option(None, "--served-name", help="Model id clients use (default: the run or model name)."),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming, /v1/models, /health)."""
@@ -273,7 +273,7 @@ def chat(
     system: Optional[str] = typer.Option(None, "--system", help="System prompt (change it later with /system TEXT)."),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Longest answer, in tokens."),
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature (0 = greedy)."),
-    n_threads: Optional[int] = typer.Option(None, "--n-threads", help="llamacpp: CPU threads (default: all cores)."),
+    n_threads: Optional[int] = typer.Option(None, "--n-threads", help="CPU threads for the model (default: all cores)."),
 ) -> None:
     """Chat with a model in the terminal: streamed answers, history, /reset, /system TEXT, /exit; Ctrl-C stops an answer."""
     from protege.ship.chat import run

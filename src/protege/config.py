@@ -16,10 +16,11 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from protege.errors import UserError
 
@@ -271,10 +272,16 @@ class CandidateConfig(TeacherConfig):
         return v
 
 
+def _candidate_form(v: Any) -> str:
+    """eval.candidates entries are names/specs/files (strings) or blocks: errors then name only the one meant."""
+    return "block" if isinstance(v, (dict, CandidateConfig)) else "name"
+
+
 class EvalConfig(_Block):
     sets: list[str] = Field([], description="eval files in any supported format (detected from their fields)")
     test_split: bool = Field(True, description="also evaluate the run's held-out test split when it exists")
-    candidates: list[str | CandidateConfig] = Field(
+    candidates: list[Annotated[Annotated[str, Tag("name")] | Annotated[CandidateConfig, Tag("block")],
+                               Discriminator(_candidate_form)]] = Field(
         ["student", "base", "teacher"],
         description="student | base | teacher | reference | a model spec | a file of answers | a block "
                     "{name, kind, model, ...}")
@@ -341,9 +348,9 @@ class RunConfig(_Block):
             raise ValueError("generate.budget_usd is set but the teacher has no prices, so spend cannot be counted: "
                              "set teacher.price_input_per_mtok and teacher.price_output_per_mtok (USD per million "
                              "tokens), or cap with generate.max_requests")
-        if g.batch_api and (t is None or t.kind != "openai" or isinstance(t.base_url, list)):
-            raise ValueError("generate.batch_api needs a teacher of kind openai with one base_url (a provider "
-                             "offering the OpenAI Batch API: /v1/files and /v1/batches)")
+        if g.batch_api and (t is None or t.kind != "openai" or isinstance(t.base_url, list) or t.api != "chat"):
+            raise ValueError("generate.batch_api needs a teacher of kind openai with one base_url and api: chat "
+                             "(a provider offering the OpenAI Batch API: /v1/files and /v1/batches)")
         return self
 
     def to_yaml(self) -> str:
@@ -401,9 +408,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# Tags pydantic adds to an error's location inside a tagged union (eval.candidates): not YAML keys.
+_UNION_TAGS = ("block", "name")
+
+
+def _yaml_loc(loc: tuple[Any, ...]) -> list[Any]:
+    return [p for i, p in enumerate(loc) if not (p in _UNION_TAGS and i and isinstance(loc[i - 1], int))]
+
+
 def _loc_to_path(loc: tuple[Any, ...]) -> str:
     out = ""
-    for part in loc:
+    for part in _yaml_loc(loc):
         if isinstance(part, int):
             out += f"[{part}]"
         else:
@@ -411,17 +426,26 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def _model_in(ann: Any) -> Any:
+    """The first pydantic model inside an annotation (through list, Union, Annotated), else None."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     model: Any = RunConfig
-    for part in loc[:-1]:
+    for part in _yaml_loc(loc)[:-1]:
         if isinstance(part, int):
             continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []
-        ann = field.annotation
-        inner = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)]
-        model = next((a for a in inner if issubclass(a, BaseModel)), None)
+        model = _model_in(field.annotation)
         if model is None:
             return []
     return list(getattr(model, "model_fields", {}))

@@ -62,6 +62,12 @@ def _run_train(cfg: RunConfig, store: RunStore) -> None:
     train.run(cfg, store, resume=_can_resume(store))
 
 
+def _run_eval(cfg: RunConfig, store: RunStore) -> None:
+    from protege import evaluate
+
+    evaluate.run(cfg, store)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One row of the pipeline: how `protege run` decides about a stage and runs it."""
@@ -95,6 +101,13 @@ STAGES: tuple[Stage, ...] = (
           done=lambda store: store.merged_dir.exists() or store.adapter_dir.exists(),
           wanted=lambda cfg: True,
           run=_run_train),
+    Stage("eval",  # opt-in (eval.in_run): a judged eval costs many judge calls
+          reads=lambda c, cfg, store: {"eval": c["eval"], "student": c["student"], "teacher": c["teacher"],
+                                       "sets": [_file_hash(p) for p in cfg.eval.sets],
+                                       "test": _file_hash(store.split("test")), "trained": _file_hash(store.metrics)},
+          done=lambda store: store.scores.exists(),
+          wanted=lambda cfg: cfg.eval.in_run,
+          run=_run_eval),
 )
 BY_NAME = {s.name: s for s in STAGES}
 

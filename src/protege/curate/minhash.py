@@ -39,11 +39,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
+from rapidfuzz.distance import LCSseq
+from rapidfuzz.process import cdist as _cdist
+
 from protege.records import Example
 from protege.rouge import Match, rougeL_f, tokenize
 
 NUM_PERM = 128
 BANDS = 32
+_lcs = LCSseq.similarity
 _MAX_CODE = 0x10FFFF  # more distinct tokens than code points: kept texts become tuples
 
 
@@ -79,11 +84,11 @@ class MinHashDeduper:
                  seed: int = 1) -> None:
         try:
             from datasketch import MinHash, MinHashLSH
-        except ImportError as e:  # a core dependency; only a broken install lacks it
+        except ImportError as e:  # the `scale` extra
             from protege.errors import UserError
 
-            raise UserError("curate.dedup_mode: minhash needs datasketch",
-                            hint="pip install datasketch") from e
+            raise UserError("curate.dedup_mode: minhash needs datasketch (not installed)",
+                            hint="pip install 'protege[scale]'  (or: pip install datasketch)") from e
         if not 0.0 <= threshold <= 1.0:  # also rejects NaN
             raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
         if bands < 2 or num_perm // bands < 1:
@@ -96,6 +101,7 @@ class MinHashDeduper:
         self._texts: list[str] = []
         self._is_ref: list[bool] = []
         self._seqs: list[Any] = []  # each kept text's tokens as a str of code points (or a tuple)
+        self._first: dict[Any, int] = {}  # token sequence -> first item with it
         self.pairs_scored = 0  # LSH candidates scored with the exact ROUGE-L
 
     def __len__(self) -> int:
@@ -110,13 +116,23 @@ class MinHashDeduper:
         return tuple(codes)
 
     def _check(self, seq: Any) -> Match | None:
-        candidates = self._lsh.query(self._sig)
+        candidates = sorted(self._lsh.query(self._sig))
+        if not candidates:
+            return None
         self.pairs_scored += len(candidates)
+        seqs = [self._seqs[j] for j in candidates]
+        # LCS of every candidate in one C++ call; F = 2L/(a+b) in exact arithmetic, so a pair
+        # clearly below t(a+b)/2 cannot pass. The margin only lets more pairs through to the
+        # exact score, which alone decides (rouge-score's float expression, `rougeL_f`).
+        lcs = _cdist([seq], seqs, scorer=_lcs, dtype=np.int32, workers=1)[0]
+        a, t = len(seq), self.threshold
         best: Match | None = None
-        for j in sorted(candidates):
+        for j, other, n in zip(candidates, seqs, lcs.tolist()):
+            if 2 * n < t * (a + len(other)) - 1e-6:
+                continue
             # rougeL_f is symmetric and maps any hashable tokens: code points work as tokens.
-            score = rougeL_f(seq, self._seqs[j])
-            if score > self.threshold and (best is None or score > best.score):
+            score = rougeL_f(seq, other)
+            if score > t and (best is None or score > best.score):
                 best = Match(j, self._texts[j], score, self._is_ref[j])
         return best
 
@@ -125,6 +141,14 @@ class MinHashDeduper:
         if not tokens:  # ROUGE-L with no tokens is 0: never a duplicate, never blocks
             return None
         seq = self._encode(tokens)
+        same = self._first.get(seq)
+        if same is not None:
+            # Same tokens as an indexed item: ROUGE-L 1.0, the best score there is, and the
+            # earliest such item is the match the full check would return. No sketch needed.
+            score = rougeL_f(seq, seq)
+            if reference or score <= self.threshold:
+                return None  # an identical item is indexed already: it blocks the same texts
+            return Match(same, self._texts[same], score, self._is_ref[same])
         self._sig.clear()
         self._sig.update_batch(_shingles(tokens))
         m = None if reference else self._check(seq)
@@ -134,6 +158,7 @@ class MinHashDeduper:
             self._texts.append(text)
             self._is_ref.append(reference)
             self._seqs.append(seq)
+            self._first[seq] = j
         return m
 
     def add(self, text: str) -> Match | None:

@@ -197,42 +197,45 @@ def _messages(item: EvalItem, answers: list[str], turn: int) -> list[dict[str, s
     return msgs + [{"role": "user", "content": item.turns[turn]}]
 
 
-def generate(cand: Candidate, s: EvalSet, cfg: RunConfig, store: RunStore,
-             on_result: Callable[[Any], None] | None = None) -> tuple[list[Answer], Timing]:
-    """The candidate's answers to every item of the set, turn by turn, through the engine (cached)."""
+def generate(cand: Candidate, sets: list[EvalSet], cfg: RunConfig, store: RunStore,
+             on_result: Callable[[Any], None] | None = None) -> tuple[dict[str, list[Answer]], Timing]:
+    """The candidate's answers to every item of every set, through the engine (cached): {set name: answers}.
+
+    One engine pass per turn over all sets together (the model loads once per turn, and prompts of
+    different sets share batches); turn k+1 of a multi-turn item follows the candidate's own answer to turn k.
+    """
     assert cand.teacher is not None
     sampling = {"temperature": cfg.eval.temperature, "max_tokens": cfg.eval.max_new_tokens}
     timing = Timing()
-    turns: dict[int, list[str]] = {i: [] for i in range(len(s.items))}
-    meta: dict[int, dict[str, Any]] = {i: {"tokens": 0, "latency": 0.0, "cached": True, "finish": "",
-                                           "cap": False, "error": None} for i in range(len(s.items))}
+    units = [(s, it) for s in sets for it in s.items]
+    turns: list[list[str]] = [[] for _ in units]
+    meta = [{"tokens": 0, "latency": 0.0, "cached": True, "finish": "", "cap": False, "error": None} for _ in units]
     starts: list[float] = []
     ends: list[float] = []
 
     def seen(result: Any) -> None:
-        if result is not None and result.ok and not result.cached:
+        if result.ok and not result.cached:
             now = time.perf_counter()
             starts.append(now - result.completion.latency_s)
             ends.append(now)
         if on_result is not None:
             on_result(result)
 
-    max_turns = max(len(it.turns) for it in s.items)
     cost.reset_peak_rss()
-    for turn in range(max_turns):
-        todo = [i for i, it in enumerate(s.items)
-                if len(it.turns) > turn and meta[i]["error"] is None and len(turns[i]) == turn]
+    for turn in range(max((len(it.turns) for _, it in units), default=0)):
+        todo = [u for u, (_, it) in enumerate(units)
+                if len(it.turns) > turn and meta[u]["error"] is None and len(turns[u]) == turn]
         if not todo:
             break
-        reqs = [Request(messages=_messages(s.items[i], turns[i], turn), sampling=dict(sampling)) for i in todo]
+        reqs = [Request(messages=_messages(units[u][1], turns[u], turn), sampling=dict(sampling)) for u in todo]
         results = complete_all(cand.teacher, reqs, store.calls_db, on_result=seen)
-        for i, r in zip(todo, results):
-            m = meta[i]
+        for u, r in zip(todo, results):
+            m = meta[u]
             if r is None or not r.ok:
-                m["error"] = (r.error if r is not None else None) or "not answered"
+                m["error"] = (r.error if r is not None else None) or "not answered (the engine stopped)"
                 continue
             c = r.completion
-            turns[i].append(c.text)
+            turns[u].append(c.text)
             m["tokens"] += c.completion_tokens
             m["latency"] += c.latency_s
             m["cached"] = m["cached"] and r.cached
@@ -248,16 +251,17 @@ def generate(cand: Candidate, s: EvalSet, cfg: RunConfig, store: RunStore,
     if starts:
         timing.seconds = max(ends) - min(starts)
         timing.peak_rss = cost.peak_rss() if cand.local else None
-    out = []
-    for i, it in enumerate(s.items):
-        m = meta[i]
-        ok = m["error"] is None and len(turns[i]) == len(it.turns)
+    out: dict[str, list[Answer]] = {s.name: [] for s in sets}
+    for u, (s, it) in enumerate(units):
+        m = meta[u]
+        ok = m["error"] is None and len(turns[u]) == len(it.turns)
         answer: str | list[str] | None = None
         if ok:
-            answer = turns[i][0] if len(it.turns) == 1 else list(turns[i])
-        out.append(Answer(s.name, it.id, cand.name, cand.model, it.turns[0] if len(it.turns) == 1 else list(it.turns),
-                          answer, m["finish"] if ok else "error", m["cap"], m["tokens"], round(m["latency"], 4),
-                          m["cached"], None if ok else (m["error"] or "not answered")))
+            answer = turns[u][0] if len(it.turns) == 1 else list(turns[u])
+        out[s.name].append(Answer(s.name, it.id, cand.name, cand.model,
+                                  it.turns[0] if len(it.turns) == 1 else list(it.turns), answer,
+                                  m["finish"] if ok else "error", m["cap"], m["tokens"], round(m["latency"], 4),
+                                  m["cached"], None if ok else (m["error"] or "not answered")))
     return out, timing
 
 

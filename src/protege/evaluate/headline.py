@@ -33,7 +33,7 @@ def _judged(scores: dict[str, Any]) -> str | None:
         if first is None:
             continue
         where = f"{first['n']} held-out tasks" if s["name"] == "test" else f"{first['n']} prompts of {s['name']}"
-        against = "the teacher" if target == "teacher" else target
+        against = {"teacher": "the teacher", "reference": "the reference answers"}.get(target, target)
         text = (f"{anchor} wins or ties {_pct(first['win_or_tie'], first['win_or_tie_ci'])} against {against} "
                 f"on {where}")
         base = _find(pairs, "base", target) if anchor != "base" else None

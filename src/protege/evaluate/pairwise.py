@@ -10,6 +10,7 @@ left out of the rates and counted as `unjudged`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from protege import judge
@@ -48,37 +49,59 @@ def judged_text(item: EvalItem, answer: str | list[str]) -> str:
     return "\n\n".join(f"[Turn {k + 1}] User: {t}\nAssistant: {a}" for k, (t, a) in enumerate(zip(item.turns, answer)))
 
 
-def judge_pair(s: EvalSet, a: str, b: str, answers: dict[str, list[Answer]], judge_cfg: Any, calls_db: Any,
-               max_tokens: int, judge_id: str, on_result: Callable[[Any], None] | None = None
-               ) -> tuple[list[dict[str, Any]], int, str | None]:
-    """Judgement lines (judgements.jsonl) for every item both answered; plus (unjudged count, first error)."""
-    todo = [k for k, (x, y) in enumerate(zip(answers[a], answers[b])) if x.answer is not None and y.answer is not None]
-    triples = [(judge_prompt(s.items[k]), judged_text(s.items[k], answers[a][k].answer),
-                judged_text(s.items[k], answers[b][k].answer)) for k in todo]
+@dataclass
+class PairJob:
+    """One pair of one set to judge, and what came of it."""
+
+    set: EvalSet
+    a: str
+    b: str
+    lines: list[dict[str, Any]] = field(default_factory=list)  # judgements.jsonl lines
+    unjudged: int = 0  # items both answered whose judge calls failed
+    error: str | None = None  # the first failure
+
+
+def judge_pairs(jobs: list[PairJob], answers: dict[str, dict[str, list[Answer]]], judge_cfg: Any, calls_db: Any,
+                max_tokens: int, judge_id: str, on_result: Callable[[Any], None] | None = None) -> list[PairJob]:
+    """Judge every item both candidates of each job answered, all jobs in one engine pass (one judge load).
+
+    `answers[set name][candidate]`. Fills each job's lines, unjudged count and first error, and returns the jobs.
+    """
+    todo: list[tuple[PairJob, int]] = []
+    for job in jobs:
+        got = answers[job.set.name]
+        todo += [(job, k) for k, (x, y) in enumerate(zip(got[job.a], got[job.b]))
+                 if x.answer is not None and y.answer is not None]
+    triples = []
+    for job, k in todo:
+        it, got = job.set.items[k], answers[job.set.name]
+        triples.append((judge_prompt(it), judged_text(it, got[job.a][k].answer), judged_text(it, got[job.b][k].answer)))
     ok: dict[int, int] = {}  # triple index -> judge calls answered (2 = both orders)
-    errors: list[str] = []
+    errors: dict[int, str] = {}
 
     def seen(result: Any) -> None:
+        j = result.request.tag // 2  # complete_all tags request i; compare asks triple j as requests 2j, 2j+1
         if result.ok:
-            ok[result.request.tag // 2] = ok.get(result.request.tag // 2, 0) + 1
+            ok[j] = ok.get(j, 0) + 1
         else:
-            errors.append(result.error or "no answer")
+            errors.setdefault(j, result.error or "no answer")
         if on_result is not None:
             on_result(result)
 
     verdicts = judge.compare(triples, judge_cfg, calls_db, max_tokens=max_tokens, on_result=seen)
     sha = judge.prompt_hashes()["judge_pairwise"]
-    lines = []
-    for j, (k, v) in enumerate(zip(todo, verdicts)):
+    first_error = next(iter(errors.values()), "not sent: the judge stopped early")
+    for j, ((job, k), v) in enumerate(zip(todo, verdicts)):
         if ok.get(j, 0) < 2:  # a call failed or was never sent (the engine stops after a fatal error)
+            job.unjudged += 1
+            job.error = job.error or errors.get(j, first_error)
             continue
-        lines.append({"set": s.name, "id": s.items[k].id, "a": a, "b": b, "winner": v.winner,
-                      "consistent": v.consistent, "first": v.first, "second": v.second, "reasons": v.reasons,
-                      "judge": judge_id, "prompt_sha256": sha,
-                      "words_a": words(answers[a][k].text), "words_b": words(answers[b][k].text)})
-    unjudged = len(todo) - len(lines)
-    first_error = errors[0] if errors else ("not sent: the judge stopped early" if unjudged else None)
-    return lines, unjudged, first_error
+        got = answers[job.set.name]
+        job.lines.append({"set": job.set.name, "id": job.set.items[k].id, "a": job.a, "b": job.b,
+                          "winner": v.winner, "consistent": v.consistent, "first": v.first, "second": v.second,
+                          "reasons": v.reasons, "judge": judge_id, "prompt_sha256": sha,
+                          "words_a": words(got[job.a][k].text), "words_b": words(got[job.b][k].text)})
+    return jobs
 
 
 def length_warning(winners: Sequence[str], words_a: Sequence[int], words_b: Sequence[int]) -> str | None:

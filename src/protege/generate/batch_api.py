@@ -61,8 +61,8 @@ def run_batches(cfg: RunConfig, store: RunStore, requests: list[Request]) -> dic
     assert t is not None and t.kind == "openai" and not isinstance(t.base_url, list)
     state_path = store.generate_dir / "batch_api.json"
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {"jobs": []}
+    client = _client(t)  # first: a missing key fails before anything is opened
     calls = CallLog(store.calls_db)
-    client = _client(t)
     summary = {"jobs": 0, "sent": 0, "answered": 0, "errors": 0, "uploaded": 0, "created": 0}
     try:
         by_key = {r.key(t.model): r for r in requests}
@@ -70,8 +70,10 @@ def run_batches(cfg: RunConfig, store: RunStore, requests: list[Request]) -> dic
         todo = [r for k, r in by_key.items() if k not in pending and calls.get(k) is None]
         for chunk in _chunks(todo, t.model):
             state["jobs"].append(_write_input(store, chunk, t.model))
-        _save(store, state_path, state)
         jobs = [j for j in state["jobs"] if not j.get("merged")]
+        if not jobs:
+            return summary  # everything answered already (a rerun): nothing to send or poll
+        _save(store, state_path, state)
         summary["jobs"] = len(jobs)
         summary["sent"] = sum(j["requests"] for j in jobs)
         for job in jobs:

@@ -1,7 +1,9 @@
 """`kind: vllm` — vLLM's offline engine on a GPU (import-guarded; only where vllm is installed).
 
 Concurrent requests are gathered into one `LLM.chat`/`LLM.generate` call (vLLM batches them
-on the GPU with continuous batching).
+on the GPU with continuous batching). Not yet run against a real vLLM (not in the image of the GPU
+machine lent to this project, and too big to carry there); tests/teachers/test_vllm_offline.py checks
+with a test double exactly what this module hands to vLLM (docs/scale.md, "GPUs").
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ padding is untrained). TRL's chunked output layer scores every position, also co
 accuracy, and recomputes in backward (+40% measured in training-calibration.md). Here we run the
 backbone, gather the hidden states of the trained positions only, and compute cross-entropy AND its
 gradient chunk by chunk inside one autograd Function (the "fused linear cross-entropy" of Liger kernel,
-which needs Triton/GPU, so it is not available on CPU). Each chunk's logits live only while that chunk is
+which needs Triton/GPU, so it is not available on CPU; on CUDA `train.fused_loss` picks liger-kernel's
+when installed: `liger_linear_cross_entropy_sum`). Each chunk's logits live only while that chunk is
 processed: peak extra memory is `chunk x vocab x 4` bytes instead of `batch x seq x vocab x 4 x ~3`.
 Loss and gradients equal the HF model's `labels=` loss (tests/test_train.py checks this).
 """
@@ -40,31 +41,36 @@ def _fused_ce():  # type: ignore[no-untyped-def]
         """sum_i CE(h_i @ W^T, t_i), with dL/dh and dL/dW computed in the forward pass, per chunk."""
 
         @staticmethod
-        def forward(ctx, h, weight, targets, chunk):  # type: ignore[no-untyped-def]
+        def forward(ctx, h, weight, targets, chunk, dtype):  # type: ignore[no-untyped-def]
+            # `dtype`: the matmul dtype, the autocast dtype when the caller runs under autocast. Autocast is
+            # turned off inside and h / W are cast ONCE: under autocast every matmul below would cast W
+            # (vocab x hidden) again, three times per chunk, and W of a frozen LoRA head is never cached.
             need_h = ctx.needs_input_grad[0]
             need_w = ctx.needs_input_grad[1]
-            w = weight.to(h.dtype)
-            total = torch.zeros((), dtype=torch.float32, device=h.device)
-            grad_h = torch.empty_like(h) if need_h else None
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_w else None
-            # Logits are built transposed (vocab x rows, `w @ h.T`): on the measured CPU that matmul ran at
-            # 81 GFLOP/s against 62 for `h @ w.T` (row-major 49k-wide output), and the whole chunked
-            # loss + gradients took 0.53 s instead of 0.76 s for 400 trained tokens.
-            for s in range(0, h.shape[0], chunk):
-                hc, tc = h[s:s + chunk], targets[s:s + chunk]
-                rows = torch.arange(tc.shape[0], device=h.device)
-                logits_t = (w @ hc.T).float()  # vocab x rows
-                lse = torch.logsumexp(logits_t, dim=0)
-                total += (lse - logits_t[tc, rows]).sum()
-                if need_h or need_w:
-                    probs = logits_t.sub_(lse[None, :]).exp_()  # softmax, in place: no second buffer
-                    probs[tc, rows] -= 1.0  # d CE / d logits (transposed)
-                    p = probs.to(h.dtype)
-                    if need_h:
-                        grad_h[s:s + chunk] = p.T @ w
-                    if need_w:
-                        grad_w += (p @ hc).float()
-                del logits_t
+            with torch.autocast(h.device.type, enabled=False):
+                w = weight.to(dtype)
+                hd = h.to(dtype)
+                total = torch.zeros((), dtype=torch.float32, device=h.device)
+                grad_h = torch.empty_like(h) if need_h else None
+                grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_w else None
+                # Logits are built transposed (vocab x rows, `w @ h.T`): on the measured CPU that matmul ran
+                # at 81 GFLOP/s against 62 for `h @ w.T` (row-major 49k-wide output), and the whole chunked
+                # loss + gradients took 0.53 s instead of 0.76 s for 400 trained tokens.
+                for s in range(0, h.shape[0], chunk):
+                    hc, tc = hd[s:s + chunk], targets[s:s + chunk]
+                    rows = torch.arange(tc.shape[0], device=h.device)
+                    logits_t = (w @ hc.T).float()  # vocab x rows
+                    lse = torch.logsumexp(logits_t, dim=0)
+                    total += (lse - logits_t[tc, rows]).sum()
+                    if need_h or need_w:
+                        probs = logits_t.sub_(lse[None, :]).exp_()  # softmax, in place: no second buffer
+                        probs[tc, rows] -= 1.0  # d CE / d logits (transposed)
+                        p = probs.to(dtype)
+                        if need_h:
+                            grad_h[s:s + chunk] = p.T @ w
+                        if need_w:
+                            grad_w += (p @ hc).float()
+                    del logits_t
             ctx.save_for_backward(*(t for t in (grad_h, grad_w) if t is not None))
             ctx.has = (need_h, need_w)
             ctx.w_dtype = weight.dtype
@@ -80,7 +86,7 @@ def _fused_ce():  # type: ignore[no-untyped-def]
                 gh = g * grad_out.to(g.dtype)
             if need_w:
                 gw = (saved.pop(0) * grad_out).to(ctx.w_dtype)
-            return gh, gw, None, None
+            return gh, gw, None, None, None
 
     return FusedLinearCrossEntropy
 
@@ -88,12 +94,43 @@ def _fused_ce():  # type: ignore[no-untyped-def]
 _FN = None
 
 
+def matmul_dtype(t: Any) -> Any:
+    """The dtype matmuls on `t` run in here: the autocast dtype when autocast is on for its device."""
+    import torch
+
+    dev = t.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype
+
+
 def fused_linear_cross_entropy_sum(h: Any, weight: Any, targets: Any, chunk: int = LOGIT_CHUNK) -> Any:
-    """Sum of token cross-entropies of `h @ weight.T` against `targets` (N x H, V x H, N)."""
+    """Sum of token cross-entropies of `h @ weight.T` against `targets` (N x H, V x H, N).
+
+    Matmuls run in `matmul_dtype(h)` (bf16 under bf16 autocast), softmax and the sums in fp32.
+    """
     global _FN
     if _FN is None:
         _FN = _fused_ce()
-    return _FN.apply(h, weight, targets, chunk)
+    return _FN.apply(h, weight, targets, chunk, matmul_dtype(h))
+
+
+_LIGER: dict[str, Any] = {}
+
+
+def liger_linear_cross_entropy_sum(h: Any, weight: Any, targets: Any) -> Any:
+    """The same sum through liger-kernel's fused linear cross-entropy (Triton; CUDA only).
+
+    Run outside autocast on one dtype (the autocast dtype, else the head's): its logits buffer is written
+    with `torch.mm(out=...)`, which autocast does not allow. Weight gradients accumulate in fp32.
+    """
+    import torch
+
+    if "fn" not in _LIGER:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        _LIGER["fn"] = LigerFusedLinearCrossEntropyLoss(reduction="sum", accum_dtype=torch.float32)
+    dtype = matmul_dtype(h) if torch.is_autocast_enabled(h.device.type) else weight.dtype
+    with torch.autocast(h.device.type, enabled=False):
+        return _LIGER["fn"](weight.to(dtype), h.to(dtype), targets).float()
 
 
 def backbone_and_head(model: Any) -> tuple[Any, Any] | None:
@@ -157,11 +194,15 @@ def _cache_kwarg(backbone: Any) -> str:
 
 
 def trained_positions_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None,
-                           chunk: int | None = None, share_prefix: bool | None = None) -> Any:
+                           chunk: int | None = None, share_prefix: bool | None = None,
+                           kernel: str = "protege") -> Any:
     """The causal-LM loss over trained positions: sum / num_items_in_batch (or mean when None).
 
     Same normalisation as transformers' `ForCausalLMLoss`, so gradient accumulation behaves the same.
     `share_prefix` (default: on CPU only, where it was measured) computes the batch's common prefix once.
+    `kernel`: "protege" (ours, chunked, any device) or "liger" (liger-kernel, CUDA). The caller enters
+    the training autocast (the Trainer's `accelerator.autocast()`): this path calls the backbone directly,
+    so the autocast accelerate wraps around `model.forward` does not apply here.
     """
     parts = backbone_and_head(model)
     assert parts is not None, "trained_positions_loss needs a supported decoder (see FAST_LOSS_MODEL_TYPES)"
@@ -176,8 +217,11 @@ def trained_positions_loss(model: Any, inputs: dict[str, Any], num_items_in_batc
     keep = target != IGNORE
     h = hidden[:, :-1][keep]
     t = target[keep]
-    chunk = chunk or chunk_rows(head.weight.shape[0], h.device.type)
-    total = fused_linear_cross_entropy_sum(h, head.weight, t, chunk)
+    if kernel == "liger":
+        total = liger_linear_cross_entropy_sum(h, head.weight, t)
+    else:
+        chunk = chunk or chunk_rows(head.weight.shape[0], h.device.type)
+        total = fused_linear_cross_entropy_sum(h, head.weight, t, chunk)
     denom = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     if hasattr(denom, "to"):
         denom = denom.to(total.device)

@@ -5,7 +5,8 @@ length-grouped batches + loss on trained positions only, fp32 (the measured CPU 
 autocast bf16 is only turned on automatically where the CPU advertises avx512_bf16 or AMX), no gradient
 checkpointing (the token budget already bounds activations), no torch.compile (measured slower there).
 `single-gpu`: the same batching, bf16 weights when supported, regional torch.compile of the decoder
-layers and liger-kernel's fused linear cross-entropy when installed (measured on an H200: docs/benchmarks.md). `multi-gpu`: FSDP or DeepSpeed ZeRO-3 accelerate configs shipped in `protege/presets/`,
+layers and liger-kernel's fused linear cross-entropy when installed (measured on an H200:
+docs/benchmarks.md). `multi-gpu`: FSDP or DeepSpeed ZeRO-3 accelerate configs shipped in `protege/presets/`,
 launched with `accelerate launch ... -m protege.train -c FILE`.
 """
 

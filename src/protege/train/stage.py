@@ -84,6 +84,13 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _kernels_default() -> bool:
+    """True for transformers 5.x, whose from_pretrained takes `use_kernels` (and turns it on by default)."""
+    import transformers
+
+    return int(transformers.__version__.split(".")[0]) >= 5
+
+
 def load_model(path: Path, cfg: RunConfig, plan: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
@@ -94,6 +101,12 @@ def load_model(path: Path, cfg: RunConfig, plan: Any) -> Any:
     # path, which materialises batch x heads x seq x seq scores: measured OOM at 4 x 2048 on an H100).
     kw: dict[str, Any] = {"dtype": getattr(torch, getattr(plan, "weights_dtype", "float32")),
                           "attn_implementation": "sdpa"}
+    if _kernels_default():
+        # transformers >= 5.2x swaps layers for kernels downloaded from the Hub by default when the
+        # `kernels` package is present; on CUDA offline that failed at load ("Version 2 of
+        # 'kernels-community/rotary' is not available in the local cache"; without `kernels`: "Kernels are
+        # not available", measured on an H200). protege trains offline and reproducibly: no Hub code.
+        kw["use_kernels"] = False
     if cfg.train.method == "qlora":
         try:
             import bitsandbytes  # noqa: F401

@@ -85,7 +85,8 @@ def trainer_class():  # type: ignore[no-untyped-def]
 
         def create_optimizer(self, *a: Any, **kw: Any) -> Any:
             # The library's AdamW (same kwargs: lr, betas, eps, fused), stepping fp32 master copies.
-            if self.master_weights and self.optimizer is None and getattr(self, "optimizer_cls_and_kwargs", None) is None:
+            custom = getattr(self, "optimizer_cls_and_kwargs", None)
+            if self.master_weights and self.optimizer is None and custom is None:
                 import torch
 
                 from protege.train.speed import master_weight_adamw

@@ -46,13 +46,13 @@ def test_newest_complete_checkpoint_wins_over_a_newer_torn_one(tmp_path):
 def test_check_outputs_names_the_checkpoint_and_clears_partials(tmp_path, capsys):
     from rich.console import Console
 
-    from protege.train.stage import _check_outputs
+    from protege.train.stage import check_outputs
 
     store = RunStore(tmp_path / "run")
     _ckpt(store.checkpoints_dir, 3)
     _ckpt(store.checkpoints_dir, 4, complete=False)
     (store.checkpoints_dir / PARTIAL_DIR / "checkpoint-5").mkdir(parents=True)
-    got = _check_outputs(store, resume=True, console=Console(file=None, stderr=False))
+    got = check_outputs(store, resume=True, console=Console(file=None, stderr=False))
     assert got == str(store.checkpoints_dir / "checkpoint-3")
     out = capsys.readouterr().out
     assert "checkpoint-3" in out and "skipped incomplete checkpoint-4" in out
@@ -60,12 +60,12 @@ def test_check_outputs_names_the_checkpoint_and_clears_partials(tmp_path, capsys
 
 
 def test_resume_without_a_complete_checkpoint_is_a_user_error(tmp_path):
-    from protege.train.stage import _check_outputs
+    from protege.train.stage import check_outputs
 
     store = RunStore(tmp_path / "run")
     _ckpt(store.checkpoints_dir, 4, complete=False)
     with pytest.raises(UserError, match="no complete checkpoint.*checkpoint-4"):
-        _check_outputs(store, resume=True)
+        check_outputs(store, resume=True)
 
 
 def test_publish_renames_in_one_step_and_fixes_best_path(tmp_path):

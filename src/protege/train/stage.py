@@ -49,7 +49,7 @@ def _governance(examples: list[Example], cfg: RunConfig) -> tuple[str, str]:
     return summary, render_governance_section(report)
 
 
-def _check_outputs(store: RunStore, resume: bool, console: Any = None) -> str | None:
+def check_outputs(store: RunStore, resume: bool, console: Any = None) -> str | None:
     """The checkpoint to resume from (the newest *complete* one, said aloud); refuses to overwrite a
     finished student or stray checkpoints."""
     from protege.train.trainer import clear_partial_checkpoints, last_complete_checkpoint
@@ -207,7 +207,7 @@ def run(cfg: RunConfig, store: RunStore, resume: bool = False, console: Any = No
     console = console or Console(quiet=not is_main_process())  # under a launcher, rank 0 speaks
     examples, source, val_examples = _load_data(cfg, store)
     gate_text, governance_md = _governance(examples, cfg)
-    ckpt = _check_outputs(store, resume, console)
+    ckpt = check_outputs(store, resume, console)
     if not is_main_process():  # the other ranks train; rank 0 alone writes the run directory and manifest
         return _train(cfg, store, examples, source, val_examples, ckpt, gate_text, governance_md, console)
     with store.stage("train", cfg.hash()) as info:

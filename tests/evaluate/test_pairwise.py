@@ -1,0 +1,170 @@
+"""Pairwise judging: both orders through `judge.compare` with scripted judges (no model), the pairs chosen,
+the length and self-preference warnings, and the headline."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from protege import judge
+from protege.config import TeacherConfig
+from protege.evaluate import pairwise
+from protege.evaluate.candidates import Answer, Candidate
+from protege.evaluate.headline import headline
+from protege.evaluate.sets import EvalItem, EvalSet
+from protege.teachers.base import Completion
+from protege.teachers.engine import Result
+
+JUDGE = TeacherConfig(kind="openai", model="judge-model", base_url="http://127.0.0.1:9/v1")
+
+
+def scripted(policy: Callable[[str, str], str | None]) -> Callable[..., list[Any]]:
+    """A stand-in for the engine: each judge request is answered by `policy(answer_a, answer_b)`."""
+    def complete_all(cfg: Any, reqs: list[Any], calls_db: Any = None, gcfg: Any = None,
+                     on_result: Callable[[Any], None] | None = None) -> list[Any]:
+        out = []
+        for i, r in enumerate(reqs):
+            user = r.messages[-1]["content"]
+            a = re.search(r"\[Answer A\]\n(.*?)\n\n\[Answer B\]", user, re.S).group(1)
+            b = re.search(r"\[Answer B\]\n(.*?)\n\nReply", user, re.S).group(1)
+            verdict = policy(a, b)
+            r.tag = i
+            res = Result(r, str(i), error="connection refused") if verdict is None else \
+                Result(r, str(i), completion=Completion(f"Reason: scripted.\nVerdict: {verdict}"))
+            if on_result:
+                on_result(res)
+            out.append(res)
+        return out
+    return complete_all
+
+
+def _judge(s: EvalSet, a: str, b: str, answers: dict[str, list[Answer]]) -> tuple[list[dict[str, Any]], int, Any]:
+    (job,) = pairwise.judge_pairs([pairwise.PairJob(s, a, b)], {s.name: answers}, JUDGE, None, 64, "judge-model")
+    return job.lines, job.unjudged, job.error
+
+
+def _set(n: int) -> EvalSet:
+    return EvalSet("test", "run:data/test.jsonl", "openai", [EvalItem(str(i), [f"Task {i}"]) for i in range(n)])
+
+
+def _answers(name: str, texts: list[str]) -> list[Answer]:
+    return [Answer("test", str(i), name, name, f"Task {i}", t, "stop", False, 1, 0.1, False)
+            for i, t in enumerate(texts)]
+
+
+def test_both_orders_content_judge_vs_position_biased_judge(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = _set(4)
+    answers = {"student": _answers("student", ["good one", "good two", "meh", "good four"]),
+               "teacher": _answers("teacher", ["meh", "meh", "good three", "good five"])}
+    # A judge that prefers the answer with "good" wherever it is shown: verdicts agree across orders.
+    monkeypatch.setattr(judge, "complete_all", scripted(
+        lambda a, b: "tie" if ("good" in a) == ("good" in b) else ("A" if "good" in a else "B")))
+    lines, unjudged, err = _judge(s, "student", "teacher", answers)
+    assert [ln["winner"] for ln in lines] == ["a", "a", "b", "tie"] and unjudged == 0 and err is None
+    assert all(ln["consistent"] for ln in lines)
+    assert {ln["prompt_sha256"] for ln in lines} == {judge.prompt_hashes()["judge_pairwise"]}
+    # A judge that always picks the first answer shown: the two orders disagree, every verdict is a tie.
+    monkeypatch.setattr(judge, "complete_all", scripted(lambda a, b: "A"))
+    lines, _, _ = _judge(s, "student", "teacher", answers)
+    assert [ln["winner"] for ln in lines] == ["tie"] * 4 and not any(ln["consistent"] for ln in lines)
+    entry = pairwise.summarize(Candidate("student", "student", "s"), Candidate("teacher", "teacher", "t"), lines, 0,
+                               "judge-model", seed=0, resamples=200)
+    assert entry["inconsistent"] == 1.0 and entry["tie"] == 1.0
+    assert any("disagreed" in w for w in entry["warnings"])
+
+
+def test_failed_judge_calls_are_unjudged_not_ties(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = _set(3)
+    answers = {"student": _answers("student", ["x", "FAIL", "z"]), "base": _answers("base", ["y", "w", "v"])}
+    monkeypatch.setattr(judge, "complete_all", scripted(lambda a, b: None if "FAIL" in (a, b) else "B"))
+    lines, unjudged, err = _judge(s, "student", "base", answers)
+    assert [ln["id"] for ln in lines] == ["0", "2"] and unjudged == 1 and err == "connection refused"
+    # a candidate that did not answer an item leaves that item out of the pair
+    answers["base"][0].answer = None
+    lines, unjudged, _ = _judge(s, "student", "base", answers)
+    assert [ln["id"] for ln in lines] == ["2"]
+
+
+def test_pairs_chosen() -> None:
+    c = lambda name, role: Candidate(name, role, name)  # noqa: E731
+    cands = [c("student", "student"), c("base", "base"), c("teacher", "teacher"), c("davinci", "reference")]
+    assert pairwise.pairs(cands) == [("student", "base"), ("student", "teacher"), ("student", "davinci"),
+                                     ("base", "teacher"), ("base", "davinci")]
+    assert pairwise.pairs([c("m1", "model"), c("m2", "model"), c("m3", "model")]) == [("m1", "m2"), ("m1", "m3")]
+    assert pairwise.pairs([c("student", "student")]) == []
+
+
+def test_length_warning() -> None:
+    # the longer answer (a) wins 4 of 5 decisive verdicts; ties and equal lengths do not count
+    winners = ["a", "a", "a", "a", "b", "tie", "a"]
+    wa, wb = [90, 80, 70, 60, 50, 10, 5], [10, 10, 10, 10, 10, 90, 5]
+    w = pairwise.length_warning(winners, wa, wb)
+    assert w is not None and "4 of 5" in w
+    assert pairwise.length_warning(["b", "b", "b", "a"], [90, 80, 70, 5], [10, 10, 10, 50]) is None  # shorter wins
+    assert pairwise.length_warning(["a", "a"], [90, 80], [1, 1]) is None  # too few decisive verdicts
+
+
+def test_self_preference_warning() -> None:
+    a, b = Candidate("student", "student", "student@sha256:1"), Candidate("teacher", "teacher", "qwen-1.5b")
+    w = pairwise.self_preference_warning(a, b, "qwen-1.5b")
+    assert w is not None and "teacher" in w and "self-preference" in w
+    assert pairwise.self_preference_warning(a, b, "gpt-judge") is None
+    entry = pairwise.summarize(a, b, [], 0, "qwen-1.5b", 0, 200)
+    assert entry["n"] == 0 and any("self-preference" in x for x in entry["warnings"])
+
+
+def test_multi_turn_items_are_judged_as_transcripts() -> None:
+    it = EvalItem("1", ["Write a note.", "Make it formal."])
+    assert "[Turn 2] Make it formal." in pairwise.judge_prompt(it)
+    text = pairwise.judged_text(it, ["hi there", "Dear Sir"])
+    assert text.index("hi there") < text.index("Make it formal.") < text.index("Dear Sir")
+
+
+def _pair(a: str, b: str, n: int, wot: float) -> dict[str, Any]:
+    return {"a": a, "b": b, "n": n, "win_or_tie": wot, "win_or_tie_ci": [wot - 0.1, wot + 0.1]}
+
+
+def test_headline_parts_and_omissions() -> None:
+    scores = {"sets": [
+        {"name": "test", "n": 20, "candidates": {"student": {}, "base": {}, "teacher": {}}, "ifeval": None,
+         "pairwise": [_pair("student", "base", 20, 0.7), _pair("student", "teacher", 20, 0.45),
+                      _pair("base", "teacher", 20, 0.2)]},
+        {"name": "ifeval_input_data", "n": 3, "candidates": {}, "pairwise": [],
+         "ifeval": {"student": {"prompt_strict": 0.4}, "base": {"prompt_strict": 0.3},
+                    "teacher": {"prompt_strict": 0.6}}}],
+        "cost": {"student": {"kind": "hf", "seconds_per_request": 0.5, "usd_per_1k_requests": None},
+                 "teacher": {"kind": "llamacpp", "seconds_per_request": 2.0, "usd_per_1k_requests": None}}}
+    line = headline(scores)
+    assert line == ("student wins or ties 45% [35%-55%] against the teacher on 20 held-out tasks, base 20% [10%-30%]; "
+                    "IFEval strict student 40% vs base 30% vs teacher 60%; 4.0 times cheaper per request (machine time)")
+    scores["cost"]["teacher"]["kind"] = "openai"  # an API teacher without prices: no ratio claimed
+    scores["sets"] = scores["sets"][:1]
+    assert headline(scores).endswith("base 20% [10%-30%]")
+    scores["sets"][0]["pairwise"] = []
+    assert "nothing was judged" in headline(scores)
+
+
+def test_many_pairs_and_sets_in_one_judge_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    passes = []
+    inner = scripted(lambda a, b: "A" if len(a) > len(b) else "B")
+
+    def counting(*args: Any, **kwargs: Any) -> list[Any]:
+        passes.append(len(args[1]))
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(judge, "complete_all", counting)
+    s1, s2 = _set(2), EvalSet("other", "other.jsonl", "instructions", [EvalItem("x", ["Task x"])])
+    answers = {"test": {"student": _answers("student", ["long answer", "s"]), "base": _answers("base", ["s", "t"]),
+                        "teacher": _answers("teacher", ["longest answer here", "tt"])},
+               "other": {"student": [Answer("other", "x", "student", "student", "Task x", "aa", "stop", False, 1,
+                                            0.1, False)],
+                         "base": [Answer("other", "x", "base", "base", "Task x", "a", "stop", False, 1, 0.1, False)]}}
+    jobs = [pairwise.PairJob(s1, "student", "base"), pairwise.PairJob(s1, "student", "teacher"),
+            pairwise.PairJob(s2, "student", "base")]
+    pairwise.judge_pairs(jobs, answers, JUDGE, None, 64, "judge-model")
+    assert passes == [2 * 5]  # 5 items over 3 pairs and 2 sets, both orders, one engine pass
+    assert [[ln["winner"] for ln in j.lines] for j in jobs] == [["a", "tie"], ["b", "b"], ["a"]]
+    assert [ln["set"] for ln in jobs[2].lines] == ["other"]

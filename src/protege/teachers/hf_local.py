@@ -30,7 +30,9 @@ class HFTeacher:
             self.tok.pad_token = self.tok.eos_token
         self.chat = bool(getattr(self.tok, "chat_template", None))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(self.device).eval()
+        # use_kernels=False: transformers 5 otherwise swaps in kernels from the Hub on CUDA, which fails offline
+        # (measured on an H200 in training; the same loader is used here).
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", use_kernels=False).to(self.device).eval()
         self.info = {"kind": "hf", "endpoint": "in-process", "model": self.name}
         self._batcher = MicroBatcher(self._run, max_batch=batch_size)
 

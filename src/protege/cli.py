@@ -41,8 +41,8 @@ FromOpt = typer.Option(None, "--from", help="Input format (default: detected): a
 @app.command()
 def demo(
     directory: Path = typer.Argument(Path("protege-demo"), help="Folder for the demo project (resumed if present)."),
-    num: int = typer.Option(40, "--num", help="Tasks the teacher should write (kept after filters; a quarter held out)."),
-    steps: int = typer.Option(40, "--steps", help="LoRA optimizer steps for the student."),
+    num: int = typer.Option(20, "--num", help="Tasks the teacher should write (kept after filters; a quarter held out)."),
+    steps: int = typer.Option(30, "--steps", help="LoRA optimizer steps for the student."),
     teacher: str = typer.Option("qwen2.5-coder-1.5b-instruct", "--teacher", help="Offline teacher model (GGUF, llama.cpp)."),
 ) -> None:
     """The whole loop offline: self-instruct, curate, LoRA-train SmolLM2, judge it against its base."""

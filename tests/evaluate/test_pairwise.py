@@ -147,6 +147,16 @@ def test_headline_parts_and_omissions() -> None:
     assert "nothing was judged" in headline(scores)
 
 
+def test_headline_of_student_vs_base_only() -> None:
+    # The demo judges the student against its base alone: the headline must report that pair.
+    pair = {"a": "student", "b": "base", "n": 5, "win": 0.6, "tie": 0.2, "loss": 0.2,
+            "win_rate_ties_split": 0.7, "win_rate_ties_split_ci": [0.4, 1.0]}
+    scores = {"sets": [{"name": "test", "n": 5, "candidates": {"student": {}, "base": {}}, "ifeval": None,
+                        "pairwise": [pair]}], "cost": {}}
+    assert headline(scores) == ("student vs base on 5 held-out tasks: wins 60%, ties 20%, loses 20%; "
+                                "win rate with ties split 70% [40%-100%]")
+
+
 def test_many_pairs_and_sets_in_one_judge_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     passes = []
     inner = scripted(lambda a, b: "A" if len(a) > len(b) else "B")

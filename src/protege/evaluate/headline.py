@@ -30,9 +30,15 @@ def _judged(scores: dict[str, Any]) -> str | None:
         names = list(s["candidates"])
         target = "teacher" if "teacher" in names else next((b for p in pairs if (b := p["b"]) != "base"), None)
         first = _find(pairs, anchor, target) if target else None
-        if first is None:
-            continue
-        where = f"{first['n']} held-out tasks" if s["name"] == "test" else f"{first['n']} prompts of {s['name']}"
+        where_n = (first or _find(pairs, anchor, "base") or {}).get("n")
+        where = f"{where_n} held-out tasks" if s["name"] == "test" else f"{where_n} prompts of {s['name']}"
+        if first is None:  # only the base to compare with (e.g. the demo: student vs base)
+            vs_base = _find(pairs, anchor, "base")
+            if vs_base is None:
+                continue
+            return (f"{anchor} vs base on {where}: wins {_pct(vs_base['win'])}, ties {_pct(vs_base['tie'])}, "
+                    f"loses {_pct(vs_base['loss'])}; win rate with ties split "
+                    f"{_pct(vs_base['win_rate_ties_split'], vs_base['win_rate_ties_split_ci'])}")
         against = {"teacher": "the teacher", "reference": "the reference answers"}.get(target, target)
         text = (f"{anchor} wins or ties {_pct(first['win_or_tie'], first['win_or_tie_ci'])} against {against} "
                 f"on {where}")

@@ -51,3 +51,26 @@ def test_generated_records_hold_no_local_path(tmp_path: Path) -> None:
         assert str(tmp_path) not in blob and str(Path.home()) not in blob and str(models.cache_dir()) not in blob
         assert meta["teacher"]["model"].startswith("student-copy@sha256:")
         assert meta["teacher"]["model_version"] == meta["teacher"]["model"]
+
+
+@pytest.mark.slow
+def test_llamacpp_teacher_records_name_no_path(tmp_path: Path) -> None:
+    """llama-cpp-python reports the GGUF's path as its model: the records carry the public name instead."""
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
+    (tmp_path / "instructions.txt").write_text("Name a colour.\nName a fruit.\n")
+    cfg = validate_config({"run_dir": str(tmp_path / "run"),
+                           "teacher": {"kind": "llamacpp", "model": "smollm2-135m-instruct", "n_threads": 2},
+                           "generate": {"mode": "respond", "instructions": str(tmp_path / "instructions.txt"),
+                                        "num": 2, "drop_truncated": False,
+                                        "sampling": {"temperature": 0, "max_tokens": 8}}})
+    from protege import generate
+
+    generate.run(cfg, RunStore(cfg.run_dir))
+    lines = (tmp_path / "run" / "generate" / "raw.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        meta = json.loads(line)["meta"]
+        blob = json.dumps(meta)
+        assert str(Path.home()) not in blob and str(models.cache_dir()) not in blob
+        assert not any("/" in str(v) for v in meta["teacher"].values())
+        assert meta["teacher"]["model"] == meta["teacher"]["model_version"] == "smollm2-135m-instruct"

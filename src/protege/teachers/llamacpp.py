@@ -39,11 +39,15 @@ class LlamaCppTeacher:
         self._llm.reset()  # each request stands alone (no KV-cache carry-over between prompts)
         if request.prompt is not None:
             out = self._llm.create_completion(request.prompt, **params)
-            return from_openai_dict(out, self.info["file"], chat=False)
+            return from_openai_dict(self._public(out), self.info["model"], chat=False)
         if request.json_mode:
             params["response_format"] = {"type": "json_object"}
         out = self._llm.create_chat_completion(messages=request.messages or [], **params)
-        return from_openai_dict(out, self.info["file"], chat=True)
+        return from_openai_dict(self._public(out), self.info["model"], chat=True)
+
+    def _public(self, out: dict[str, Any]) -> dict[str, Any]:
+        """llama-cpp-python reports the GGUF's path as the model: provenance names its public id instead."""
+        return {**out, "model": self.info["model"]}
 
     async def complete(self, request: Request) -> Completion:
         return await self._batcher.submit(request)

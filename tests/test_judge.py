@@ -64,10 +64,13 @@ def test_both_orders_must_agree(first, second, expected):
 
 def test_prompts_are_hashed_and_render_their_fields():
     hashes = judge.prompt_hashes()
-    assert set(hashes) == {"judge_pointwise", "judge_pairwise", "judge_grade"}
+    assert set(hashes) == {"judge_pointwise", "judge_pairwise", "judge_pairwise_ref", "judge_grade"}
     assert all(len(h) == 64 for h in hashes.values())
     msgs = P.render("judge_pairwise", instruction="Add {2} and 2.", answer_a="4", answer_b="five")
     assert msgs[0]["role"] == "system" and "Add {2} and 2." in msgs[1]["content"]
     assert "[Answer A]\n4\n" in msgs[1]["content"] and "[Answer B]\nfive" in msgs[1]["content"]
+    ref = P.render("judge_pairwise_ref", instruction="Add 2 and 2.", reference="4", answer_a="4", answer_b="5")[1]
+    assert "[Reference answer]\n4\n" in ref["content"] and ref["content"].index("[Reference answer]") < \
+        ref["content"].index("[Answer A]")
     pw = P.render("judge_pointwise", instruction="Add 2 and 2.", output="4")[1]["content"]
     assert "Add 2 and 2." in pw and "\n4\n" in pw and "Score: <1-5>" in pw

@@ -129,6 +129,8 @@ class GenerateConfig(_Block):
     num_prompt_tasks: int = Field(3, ge=1, le=20, description="example tasks shown per request")
     num_generated_in_prompt: int = Field(0, ge=0, le=20, description="of those, from kept tasks")
     tasks_per_request: int = Field(10, ge=1, le=50)
+    output_words: int = Field(150, ge=5, le=5000, description="ask for outputs preferably under this many words "
+                              "(Alpaca asked for under 100; shorter outputs cost fewer teacher tokens per task)")
     # respond / explain
     output: Literal["replace", "add"] = "replace"
     system_prompts: list[str] | None = None
@@ -294,6 +296,9 @@ class EvalConfig(_Block):
     bootstrap: int = Field(2000, ge=100, le=100000, description="bootstrap resamples for the 95% intervals")
     grade: bool = Field(False, description="also grade every answer 1-10 (MT-bench style single-answer grading)")
     judge_max_tokens: int = Field(256, ge=16, le=4096)
+    judge_reference: bool = Field(
+        True, description="show the judge the set's own answer to each prompt (a test split's outputs) as a reference "
+                          "when comparing two candidates, neither of them the teacher (MT-bench's reference-guided judging)")
     usd_per_hour: float | None = Field(
         None, ge=0, description="what the machine running local candidates costs per hour: prices self-hosted answers")
     in_run: bool = Field(False, description="`protege run` runs eval after train")

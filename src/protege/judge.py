@@ -5,7 +5,9 @@ live in `prompts/judge.py`; calls go through the teacher engine (`teachers.compl
 rate limits, SQLite call log), greedy, so a rerun asks nothing twice.
 
 Pairwise judging asks both orders (A/B and B/A): a verdict counts only when both orders agree, otherwise the
-pair is a tie and counted as inconsistent, since LLM judges prefer a position (Zheng et al., MT-bench).
+pair is a tie and counted as inconsistent, since LLM judges prefer a position (Zheng et al., MT-bench). Given a
+reference answer (a held-out task's own output), the judge sees it too (MT-bench's reference-guided pairwise
+prompt): a small judge checks answers against it far more reliably than it solves the task itself.
 """
 
 from __future__ import annotations
@@ -83,13 +85,29 @@ def combine(first: str | None, second_swapped: str | None) -> tuple[str, bool]:
     return (a, True) if a == b else ("tie", False)
 
 
+def pairwise_prompt(reference: str | None) -> str:
+    """The name of the pairwise prompt used with (or without) a reference answer."""
+    return "judge_pairwise" if reference is None else "judge_pairwise_ref"
+
+
 def compare(items: list[tuple[str, str, str]], judge_cfg: Any, calls_db: Any = None, max_tokens: int = 256,
-            on_result: Callable[[Any], None] | None = None) -> list[PairVerdict]:
-    """Judge (instruction, answer a, answer b) triples in both orders; one PairVerdict each."""
+            on_result: Callable[[Any], None] | None = None,
+            references: list[str | None] | None = None) -> list[PairVerdict]:
+    """Judge (instruction, answer a, answer b) triples in both orders; one PairVerdict each.
+
+    `references[k]`, when given and not None, is shown to the judge as the reference answer of item k. The two
+    orders of an item are consecutive requests sharing their beginning (a local judge reuses that prefix).
+    """
+    refs = references if references is not None else [None] * len(items)
+    if len(refs) != len(items):
+        raise ValueError(f"compare: {len(refs)} references for {len(items)} items")
     reqs = []
-    for ins, a, b in items:
+    for (ins, a, b), ref in zip(items, refs):
         for x, y in ((a, b), (b, a)):
-            reqs.append(Request(messages=prompts.render("judge_pairwise", instruction=ins, answer_a=x, answer_b=y),
+            fields = {"instruction": ins, "answer_a": x, "answer_b": y}
+            if ref is not None:
+                fields["reference"] = ref
+            reqs.append(Request(messages=prompts.render(pairwise_prompt(ref), **fields),
                                 sampling={**GREEDY, "max_tokens": max_tokens}))
     results = complete_all(judge_cfg, reqs, calls_db, on_result=on_result)
     out = []
@@ -107,4 +125,5 @@ def compare(items: list[tuple[str, str, str]], judge_cfg: Any, calls_db: Any = N
 
 def prompt_hashes() -> dict[str, str]:
     """sha256 of each judge prompt, recorded with every judgement."""
-    return {n: prompts.template(n).sha256 for n in ("judge_pointwise", "judge_pairwise", "judge_grade")}
+    return {n: prompts.template(n).sha256
+            for n in ("judge_pointwise", "judge_pairwise", "judge_pairwise_ref", "judge_grade")}

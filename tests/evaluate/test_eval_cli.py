@@ -112,7 +112,10 @@ def test_tiny_real_eval_then_rerun_makes_no_model_calls(tmp_path: Path) -> None:
     assert any("self-preference" in w for w in pair["warnings"])  # the judge is the base model
     cand = test["candidates"]["student"]
     assert cand["reference"] == "set answers" and 0 <= cand["rougeL_vs_reference"] <= 1
-    assert scores["judge"]["model"] == "smollm2-135m-instruct" and len(scores["judge"]["prompt_sha256"]) == 2
+    assert scores["judge"]["model"] == "smollm2-135m-instruct" and scores["judge"]["reference_guided"] is True
+    assert set(scores["judge"]["prompt_sha256"]) == {"judge_pairwise", "judge_pairwise_ref", "judge_grade"}
+    # the test split's outputs are shown to the judge as references; MT-bench's two-turn items have none
+    assert [x["reference"] for x in judged] == [x["set"] == "test" for x in judged]
     for name in ("student", "base"):
         row = scores["cost"][name]
         assert COST_KEYS <= set(row) and row["params"] > 100e6 and row["disk_bytes"] > 0

@@ -140,6 +140,10 @@ def test_headline_parts_and_omissions() -> None:
     line = headline(scores)
     assert line == ("student wins or ties 45% [35%-55%] against the teacher on 20 held-out tasks, base 20% [10%-30%]; "
                     "IFEval strict student 40% vs base 30% vs teacher 60%; 4.0 times cheaper per request (machine time)")
+    for name, x in (("student", 0.412), ("base", 0.3), ("teacher", 0.6667)):
+        scores["sets"][1]["ifeval"][name]["instruction_strict"] = x
+    assert "IFEval strict student 40% vs base 30% vs teacher 60% (instruction-level 0.412 vs 0.300 vs 0.667);" in \
+        headline(scores)
     scores["cost"]["teacher"]["kind"] = "openai"  # an API teacher without prices: no ratio claimed
     scores["sets"] = scores["sets"][:1]
     assert headline(scores).endswith("base 20% [10%-30%]")
@@ -155,6 +159,9 @@ def test_headline_of_student_vs_base_only() -> None:
                         "pairwise": [pair]}], "cost": {}}
     assert headline(scores) == ("student vs base on 5 held-out tasks: wins 60%, ties 20%, loses 20%; "
                                 "win rate with ties split 70% [40%-100%]")
+    scores["sets"][0]["candidates"] = {"student": {"reference": "set answers", "rougeL_vs_reference": 0.3124},
+                                       "base": {"reference": "set answers", "rougeL_vs_reference": 0.18}}
+    assert headline(scores).endswith("[40%-100%]; ROUGE-L to the held-out answers: student 0.312 vs base 0.180")
 
 
 def test_many_pairs_and_sets_in_one_judge_pass(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,3 +185,61 @@ def test_many_pairs_and_sets_in_one_judge_pass(monkeypatch: pytest.MonkeyPatch) 
     assert passes == [2 * 5]  # 5 items over 3 pairs and 2 sets, both orders, one engine pass
     assert [[ln["winner"] for ln in j.lines] for j in jobs] == [["a", "tie"], ["b", "b"], ["a"]]
     assert [ln["set"] for ln in jobs[2].lines] == ["other"]
+
+
+def test_reference_guided_judging_shows_the_items_own_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a reference, the judge prompt holds it (and its own hash is recorded); a judge that prefers the answer
+    matching the reference then decides pairs a reference-free judge could only call ties."""
+    seen: list[str] = []
+
+    def policy_with_ref(a: str, b: str) -> str:
+        user = seen[-1]
+        ref = re.search(r"\[Reference answer\]\n(.*?)\n\n\[Answer A\]", user, re.S)
+        if ref is None:
+            return "tie"
+        return "A" if a == ref.group(1) else "B" if b == ref.group(1) else "tie"
+
+    def recording(cfg: Any, reqs: list[Any], calls_db: Any = None, gcfg: Any = None,
+                  on_result: Callable[[Any], None] | None = None) -> list[Any]:
+        out = []
+        for i, r in enumerate(reqs):  # one request at a time, so the policy sees its own prompt
+            seen.append(r.messages[-1]["content"])
+            a = re.search(r"\[Answer A\]\n(.*?)\n\n\[Answer B\]", seen[-1], re.S).group(1)
+            b = re.search(r"\[Answer B\]\n(.*?)\n\nReply", seen[-1], re.S).group(1)
+            r.tag = i
+            res = Result(r, str(i), completion=Completion(f"Reason: scripted.\nVerdict: {policy_with_ref(a, b)}"))
+            if on_result:
+                on_result(res)
+            out.append(res)
+        return out
+
+    monkeypatch.setattr(judge, "complete_all", recording)
+    s = EvalSet("test", "run:data/test.jsonl", "openai",
+                [EvalItem("0", ["Task 0"], reference=["right"]), EvalItem("1", ["Task 1"], reference=["right"]),
+                 EvalItem("2", ["Task 2"]), EvalItem("3", ["Task 3", "Turn 2"], reference=["right", "r2"])])
+    answers = {"student": _answers("student", ["right", "wrong", "right", "x"]),
+               "base": _answers("base", ["wrong", "right", "wrong", "y"])}
+    answers["student"][3].answer, answers["base"][3].answer = ["x", "x2"], ["y", "y2"]
+    (job,) = pairwise.judge_pairs([pairwise.PairJob(s, "student", "base", reference=True)], {"test": answers},
+                                  JUDGE, None, 64, "judge-model")
+    assert [ln["winner"] for ln in job.lines] == ["a", "b", "tie", "tie"]
+    assert [ln["reference"] for ln in job.lines] == [True, True, False, False]  # none / multi-turn: no reference
+    hashes = judge.prompt_hashes()
+    assert [ln["prompt_sha256"] for ln in job.lines] == [hashes["judge_pairwise_ref"]] * 2 + \
+        [hashes["judge_pairwise"]] * 2
+    assert "[Reference answer]\nright\n" in seen[0] and "[Reference answer]" not in seen[4]
+    # the two orders of an item are consecutive and share everything up to the answers (a local judge reuses it)
+    assert seen[0].split("[Answer A]")[0] == seen[1].split("[Answer A]")[0]
+    # switched off: the same items are judged without the reference
+    seen.clear()
+    (job,) = pairwise.judge_pairs([pairwise.PairJob(s, "student", "base")], {"test": answers}, JUDGE, None, 64,
+                                  "judge-model")
+    assert [ln["winner"] for ln in job.lines] == ["tie"] * 4 and not any(ln["reference"] for ln in job.lines)
+
+
+def test_reference_is_never_used_against_the_teacher_or_a_reference() -> None:
+    c = lambda name, role: Candidate(name, role, name)  # noqa: E731
+    assert pairwise.use_reference(c("student", "student"), c("base", "base"), True)
+    assert not pairwise.use_reference(c("student", "student"), c("base", "base"), False)
+    assert not pairwise.use_reference(c("student", "student"), c("teacher", "teacher"), True)
+    assert not pairwise.use_reference(c("base", "base"), c("davinci", "reference"), True)

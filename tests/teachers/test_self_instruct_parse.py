@@ -103,9 +103,11 @@ def test_render_numbers_examples_and_asks_for_the_rest():
     assert "### Task 1\nInstruction: Say hi.\nInput: <noinput>\nOutput: Hi!" in text
     assert "### Task 2\nInstruction: Add the numbers.\nInput: 2 3" in text
     assert "from 3 to 7" in text and "### Task 3" in text
+    assert "preferably under 150 words." in text and "preferably under 60 words." in render(ex, 5, output_words=60)
     # What render asks for, parse reads back.
     back = parse(text.split("Use exactly this format")[0], "stop")
     assert [t.instruction for t in back.tasks] == ["Say hi.", "Add the numbers."]
     js = render(ex, 4, json_mode=True)
     assert '{"instruction": "Say hi.", "input": "", "output": "Hi!"}' in js and "{{" not in js
+    assert "preferably under 40 words." in render(ex, 4, json_mode=True, output_words=40)
     assert template(True).sha256 != template(False).sha256

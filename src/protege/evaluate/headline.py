@@ -38,7 +38,8 @@ def _judged(scores: dict[str, Any]) -> str | None:
                 continue
             return (f"{anchor} vs base on {where}: wins {_pct(vs_base['win'])}, ties {_pct(vs_base['tie'])}, "
                     f"loses {_pct(vs_base['loss'])}; win rate with ties split "
-                    f"{_pct(vs_base['win_rate_ties_split'], vs_base['win_rate_ties_split_ci'])}")
+                    f"{_pct(vs_base['win_rate_ties_split'], vs_base['win_rate_ties_split_ci'])}"
+                    + _rouge(s, anchor, "base"))
         against = {"teacher": "the teacher", "reference": "the reference answers"}.get(target, target)
         text = (f"{anchor} wins or ties {_pct(first['win_or_tie'], first['win_or_tie_ci'])} against {against} "
                 f"on {where}")
@@ -49,11 +50,23 @@ def _judged(scores: dict[str, Any]) -> str | None:
     return None
 
 
+def _rouge(s: dict[str, Any], a: str, b: str) -> str:
+    """"; ROUGE-L to the reference answers: a X vs b Y" when both were scored, else ""."""
+    cands = s.get("candidates") or {}
+    x, y = ((cands.get(n) or {}).get("rougeL_vs_reference") for n in (a, b))
+    if x is None or y is None:
+        return ""
+    ref = {"set answers": "the held-out answers"}.get(cands[a].get("reference"), cands[a].get("reference") or "reference")
+    return f"; ROUGE-L to {ref}: {a} {x:.3f} vs {b} {y:.3f}"
+
+
 def _ifeval(scores: dict[str, Any]) -> str | None:
     for s in scores["sets"]:
         if s.get("ifeval"):
             parts = [f"{name} {_pct(v.get('prompt_strict'))}" for name, v in s["ifeval"].items()]
-            return "IFEval strict " + " vs ".join(parts)
+            inst = [f"{v['instruction_strict']:.3f}" for v in s["ifeval"].values() if v.get("instruction_strict") is not None]
+            return ("IFEval strict " + " vs ".join(parts)
+                    + (f" (instruction-level {' vs '.join(inst)})" if len(inst) == len(parts) else ""))
     return None
 
 

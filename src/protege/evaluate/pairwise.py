@@ -4,7 +4,9 @@ Which pairs: the student against every other candidate, and the base against the
 reference, when present (without a student, the first candidate takes its place). Each pair is judged by
 `judge.compare` in both orders; a verdict counts only when both orders agree, else it is a tie and counted
 as inconsistent. A prompt whose judge call failed (not an unparsable reply: a call that got no answer) is
-left out of the rates and counted as `unjudged`.
+left out of the rates and counted as `unjudged`. With `reference` on, a single-turn item that carries the set's own
+answer (a held-out task's output) shows it to the judge (MT-bench's reference-guided prompt); never for a pair
+holding the teacher or the reference itself, which would be judged against its own answer.
 """
 
 from __future__ import annotations
@@ -59,6 +61,20 @@ class PairJob:
     lines: list[dict[str, Any]] = field(default_factory=list)  # judgements.jsonl lines
     unjudged: int = 0  # items both answered whose judge calls failed
     error: str | None = None  # the first failure
+    reference: bool = False  # show the judge each item's own answer, where it has one (see `use_reference`)
+
+
+def use_reference(a: Candidate, b: Candidate, wanted: bool) -> bool:
+    """Whether the pair (a, b) is judged with the set's own answers as reference: not when either candidate is the
+    teacher (the held-out answers are the teacher's) or a reference (it would be compared with itself)."""
+    return wanted and not ({a.role, b.role} & {"teacher", "reference"})
+
+
+def item_reference(item: EvalItem) -> str | None:
+    """The set's own answer to a single-turn item, shown to the judge as reference; None for multi-turn items."""
+    if item.multi_turn or not item.reference or not (item.reference[0] or "").strip():
+        return None
+    return item.reference[0]
 
 
 def judge_pairs(jobs: list[PairJob], answers: dict[str, dict[str, list[Answer]]], judge_cfg: Any, calls_db: Any,
@@ -72,10 +88,11 @@ def judge_pairs(jobs: list[PairJob], answers: dict[str, dict[str, list[Answer]]]
         got = answers[job.set.name]
         todo += [(job, k) for k, (x, y) in enumerate(zip(got[job.a], got[job.b]))
                  if x.answer is not None and y.answer is not None]
-    triples = []
+    triples, refs = [], []
     for job, k in todo:
         it, got = job.set.items[k], answers[job.set.name]
         triples.append((judge_prompt(it), judged_text(it, got[job.a][k].answer), judged_text(it, got[job.b][k].answer)))
+        refs.append(item_reference(it) if job.reference else None)
     ok: dict[int, int] = {}  # triple index -> judge calls answered (2 = both orders)
     errors: dict[int, str] = {}
 
@@ -88,8 +105,8 @@ def judge_pairs(jobs: list[PairJob], answers: dict[str, dict[str, list[Answer]]]
         if on_result is not None:
             on_result(result)
 
-    verdicts = judge.compare(triples, judge_cfg, calls_db, max_tokens=max_tokens, on_result=seen)
-    sha = judge.prompt_hashes()["judge_pairwise"]
+    verdicts = judge.compare(triples, judge_cfg, calls_db, max_tokens=max_tokens, on_result=seen, references=refs)
+    hashes = judge.prompt_hashes()
     first_error = next(iter(errors.values()), "not sent: the judge stopped early")
     for j, ((job, k), v) in enumerate(zip(todo, verdicts)):
         if ok.get(j, 0) < 2:  # a call failed or was never sent (the engine stops after a fatal error)
@@ -99,7 +116,8 @@ def judge_pairs(jobs: list[PairJob], answers: dict[str, dict[str, list[Answer]]]
         got = answers[job.set.name]
         job.lines.append({"set": job.set.name, "id": job.set.items[k].id, "a": job.a, "b": job.b,
                           "winner": v.winner, "consistent": v.consistent, "first": v.first, "second": v.second,
-                          "reasons": v.reasons, "judge": judge_id, "prompt_sha256": sha,
+                          "reasons": v.reasons, "judge": judge_id,
+                          "prompt_sha256": hashes[judge.pairwise_prompt(refs[j])], "reference": refs[j] is not None,
                           "words_a": words(got[job.a][k].text), "words_b": words(got[job.b][k].text)})
     return jobs
 

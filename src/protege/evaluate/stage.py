@@ -105,7 +105,10 @@ def _judge_all(cfg: RunConfig, store: RunStore, judged: list[tuple[EvalSet, list
                answers: dict[str, dict[str, list[Answer]]], judge_cfg: Any, judge_id: str,
                bar: Any) -> dict[str, list[dict[str, Any]]]:
     """Judge every pair of every set in one engine pass; append the lines; {set name: pairwise summaries}."""
-    jobs = [pairwise.PairJob(s, a, b) for s, present in judged for a, b in pairwise.pairs(present)]
+    by_set = {s.name: {c.name: c for c in present} for s, present in judged}
+    jobs = [pairwise.PairJob(s, a, b, reference=pairwise.use_reference(by_set[s.name][a], by_set[s.name][b],
+                                                                       cfg.eval.judge_reference))
+            for s, present in judged for a, b in pairwise.pairs(present)]
     if not jobs:
         return {}
     n_calls = 2 * sum(sum(1 for x, y in zip(answers[j.set.name][j.a], answers[j.set.name][j.b])
@@ -196,9 +199,9 @@ def run(cfg: RunConfig, store: RunStore, console: Console | None = None,
                       for c in cands if c.is_model}
         scores = {
             "created": now_iso(), "protege_version": _version(),
-            "judge": None if judge_cfg is None else {"kind": judge_cfg.kind, "model": judge_id,
-                                                     "prompt_sha256": {k: v for k, v in judge.prompt_hashes().items()
-                                                                       if k in ("judge_pairwise", "judge_grade")}},
+            "judge": None if judge_cfg is None else {
+                "kind": judge_cfg.kind, "model": judge_id, "reference_guided": cfg.eval.judge_reference,
+                "prompt_sha256": {k: v for k, v in judge.prompt_hashes().items() if k != "judge_pointwise"}},
             "settings": {"max_new_tokens": cfg.eval.max_new_tokens, "temperature": cfg.eval.temperature,
                          "seed": cfg.eval.seed, "bootstrap": cfg.eval.bootstrap, "batch_size": cfg.eval.batch_size},
             "headline": "", "sets": list(entries.values()), "cost": cost_table,

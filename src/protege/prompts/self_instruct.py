@@ -39,8 +39,9 @@ def template(json_mode: bool = False) -> Template:
     return load("self_instruct_json" if json_mode else "self_instruct")
 
 
-def render(examples: list[Task], num_new: int, json_mode: bool = False) -> str:
-    """The request prompt: the example tasks, numbered 1..k, then the ask for `num_new` more."""
+def render(examples: list[Task], num_new: int, json_mode: bool = False, output_words: int = 150) -> str:
+    """The request prompt: the example tasks, numbered 1..k, then the ask for `num_new` more, each with an output
+    preferably under `output_words` words."""
     tpl = template(json_mode)
     k = len(examples)
     if json_mode:
@@ -50,7 +51,8 @@ def render(examples: list[Task], num_new: int, json_mode: bool = False) -> str:
         shown = "\n\n".join(
             f"### Task {i}\nInstruction: {t.instruction}\nInput: {t.input or '<noinput>'}\nOutput: {t.output}"
             for i, t in enumerate(examples, 1))
-    return tpl.text.format(num_examples=k, examples=shown, num_new=num_new, first=k + 1, last=k + num_new)
+    return tpl.text.format(num_examples=k, examples=shown, num_new=num_new, first=k + 1, last=k + num_new,
+                           output_words=output_words)
 
 
 _HEADER = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*)?[ \t]*Task[ \t]*#?(\d+)[ \t]*[:.)]?[ \t]*(?:\*\*)?[ \t]*:?[ \t]*$",

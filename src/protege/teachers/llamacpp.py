@@ -36,7 +36,9 @@ class LlamaCppTeacher:
     def _one(self, request: Request) -> Completion:
         params: dict[str, Any] = {k: v for k, v in request.sampling.items() if v is not None}
         params["seed"] = sampling_seed(request, self.spec)
-        self._llm.reset()  # each request stands alone (no KV-cache carry-over between prompts)
+        # No reset: llama-cpp-python keeps the KV cache of the longest prefix this prompt shares with the last one
+        # (where the model's cache allows it, else it starts over), so prompts with a common beginning (a judge's
+        # two orders, a shared system prompt) evaluate it once. Answers stay per request: seeded, from the cache.
         if request.prompt is not None:
             out = self._llm.create_completion(request.prompt, **params)
             return from_openai_dict(self._public(out), self.info["model"], chat=False)

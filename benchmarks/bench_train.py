@@ -18,12 +18,15 @@ on other records (allocator and kernels warm), then starts from a fresh optimize
 Metric: trained (label) and real (non-padding) tokens per second over the epoch, padded/real tokens,
 peak RSS. `--dtype fp32|bf16|auto` (default auto = the cpu preset's choice: bf16 autocast only where the CPU
 has avx512_bf16/AMX) applies to both variants; each row says which dtype ran (`dtype`) and whether the CPU
-has native bf16 (`cpu_native_bf16`). Run:
+has native bf16 (`cpu_native_bf16`), with the weights' dtype and whether the shared prefix ran. What-ifs on
+protege's plan (issue 14): `--base-dtype fp32|bf16` (the frozen LoRA base), `--share-prefix on|off`,
+`--token-budget N`; the naive variant always keeps fp32 weights (Alpaca's use, autocast only). Run:
 
     .venv/bin/python benchmarks/bench_train.py                # 128 records: ~6 min on 2 cores
     .venv/bin/python benchmarks/bench_train.py --dtype bf16   # bf16 autocast for both variants
     # any model dir / data file protege reads (the GPU session uses random SmolLM2-shaped weights):
     python benchmarks/bench_train.py --model DIR --data FILE.jsonl --records 64 --threads 8
+    # the bf16-CPU session on the device machine's host (issue 14): bash benchmarks/cpu_bf16_session.sh
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ DTYPES = {"fp32": False, "bf16": True, "auto": None}
 
 def child(variant: str, n_records: int, budget: int | None, lora_dropout: float | None = None,
           dtype: str = "auto", model_spec: str | None = None, data: str | None = None,
-          profile_steps: int = 0) -> dict:
+          profile_steps: int = 0, base_dtype: str = "auto", share_prefix: str = "auto") -> dict:
     import tempfile
 
     import torch
@@ -80,8 +83,15 @@ def child(variant: str, n_records: int, budget: int | None, lora_dropout: float 
     if lora_dropout is not None:
         cfg.train.lora_dropout = lora_dropout
     plan = resolve_plan(cfg.train)
-    if variant == "naive":
+    if variant == "naive":  # Alpaca's use: fp32 weights (+ the Trainer's autocast when bf16), no extras
         plan.token_budget = None
+        plan.weights_dtype = "float32"
+        plan.share_prefix = False
+    else:  # what-ifs on protege's plan (issue 14): the frozen base's dtype, the shared prefix
+        if base_dtype != "auto":
+            plan.weights_dtype = {"fp32": "float32", "bf16": "bfloat16"}[base_dtype]
+        if share_prefix != "auto":
+            plan.share_prefix = share_prefix == "on"
     base = models.resolve(cfg.student.model)
     tok = AutoTokenizer.from_pretrained(base)
     res = tokenize_examples(examples, tok, "chat", cfg.train.max_seq_len)
@@ -95,7 +105,8 @@ def child(variant: str, n_records: int, budget: int | None, lora_dropout: float 
     wb = collate([{"input_ids": it.input_ids, "labels": it.labels} for it in warm])
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.autocast):
-        loss = trained_positions_loss(model, wb) if plan.fast_loss else model(**wb).loss
+        loss = trained_positions_loss(model, wb, share_prefix=plan.share_prefix) if plan.fast_loss \
+            else model(**wb).loss
     loss.backward()
     model.zero_grad(set_to_none=True)
 
@@ -116,17 +127,18 @@ def child(variant: str, n_records: int, budget: int | None, lora_dropout: float 
     trainer = trainer_class()(model=model, args=args, train_dataset=ListDataset(res.items),
                               data_collator=collate, processing_class=tok,
                               callbacks=[Timer()], token_budget=plan.token_budget, fast_loss=plan.fast_loss,
-                              stats=stats)
+                              stats=stats, share_prefix=plan.share_prefix)
     prof_rows: list = []
     if profile_steps:  # per-op profile of the first steps (torch.profiler, CPU self time)
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
             out = trainer.train()
         ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
         total = sum(e.self_cpu_time_total for e in ev) or 1
         prof_rows = [(e.key, round(e.self_cpu_time_total / 1e3, 1), round(100 * e.self_cpu_time_total / total, 1),
-                      e.count) for e in ev[:15]]
+                      e.count) for e in ev[:22]]
+        prof_rows.append(("TOTAL self CPU", round(total / 1e3, 1), 100.0, sum(e.count for e in ev)))
     else:
         out = trainer.train()
     dt = marks["t1"] - marks["t0"]
@@ -138,6 +150,9 @@ def child(variant: str, n_records: int, budget: int | None, lora_dropout: float 
             "peak_rss_gib": round(hwm / 2**20, 2), "final_loss": out.training_loss,
             "token_budget": plan.token_budget, "fast_loss": plan.fast_loss, "threads": torch.get_num_threads(),
             "lora_dropout": cfg.train.lora_dropout, "dtype": "bf16" if plan.autocast else "fp32",
+            "weights_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "adapter_dtype": str(next(p for p in model.parameters() if p.requires_grad).dtype).replace("torch.", ""),
+            "share_prefix": plan.share_prefix, "torch": torch.__version__,
             "cpu_native_bf16": cpu_has_bf16(), **({"profile": prof_rows} if prof_rows else {})}
 
 
@@ -153,6 +168,11 @@ def main() -> None:
     p.add_argument("--model", default=None, help="student model spec or dir (default: smollm2-135m-instruct)")
     p.add_argument("--data", default=None, help="any file protege reads (default: the Alpaca subset)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--base-dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="what-if (protege): the frozen LoRA base's dtype (auto: the preset's plan)")
+    p.add_argument("--share-prefix", choices=["auto", "on", "off"], default="auto",
+                   help="what-if (protege): compute the batch's common prefix once (auto: the preset's plan)")
+    p.add_argument("--label", default=None, help="a name for this invocation, copied into each row")
     p.add_argument("--profile-steps", type=int, default=0,
                    help="profile the first N steps per variant (torch.profiler; top ops by CPU self time)")
     a = p.parse_args()
@@ -164,7 +184,8 @@ def main() -> None:
 
             torch.set_num_threads(a.threads)
         print("RESULT " + json.dumps(child(a.variant, a.records, a.token_budget, a.lora_dropout, a.dtype,
-                                           a.model, a.data, a.profile_steps)), flush=True)
+                                           a.model, a.data, a.profile_steps, a.base_dtype,
+                                           a.share_prefix)), flush=True)
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     rows = []
@@ -174,7 +195,8 @@ def main() -> None:
             + (["--lora-dropout", str(a.lora_dropout)] if a.lora_dropout is not None else []) \
             + ["--dtype", a.dtype] + (["--model", a.model] if a.model else []) \
             + (["--data", a.data] if a.data else []) + (["--threads", str(a.threads)] if a.threads else []) \
-            + (["--profile-steps", str(a.profile_steps)] if a.profile_steps else [])
+            + (["--profile-steps", str(a.profile_steps)] if a.profile_steps else []) \
+            + ["--base-dtype", a.base_dtype, "--share-prefix", a.share_prefix]
         t = time.time()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -183,11 +205,14 @@ def main() -> None:
         row = json.loads(line[7:])
         row["wall_s"] = round(time.time() - t, 1)
         row["load_avg_after"] = os.getloadavg()[0]
+        if a.label:
+            row["label"] = a.label
         rows.append(row)
         prof = row.pop("profile", None)
         print(json.dumps(row), flush=True)
         if prof:
-            print(f"top ops, {v}, {row['dtype']} (self CPU ms, %, calls):")
+            print(f"top ops, {v}, {row['dtype']}, weights {row['weights_dtype']}, {row['steps']} steps in "
+                  f"{row['seconds']} s (self CPU ms, %, calls):")
             for name, ms, pct, n in prof:
                 print(f"  {name:48s} {ms:10.1f} {pct:5.1f}% {n:6d}")
     if not a.profile_steps and len({(r["trained_tokens"], r["real_tokens"]) for r in rows}) != 1:

@@ -4,6 +4,7 @@ loss against ours, and collect the runs' summaries into one table.
     python benchmarks/gpu_session_tools.py build W [--small]    # random Llama + synthetic data + configs
     python benchmarks/gpu_session_tools.py parity [--small]     # liger vs protege loss/grads, same batch
     python benchmarks/gpu_session_tools.py cpu-data FILE        # Alpaca-length synthetic chat records
+    python benchmarks/gpu_session_tools.py cpu-model DIR [--small]  # random SmolLM2-135M-shaped fp32 model
     python benchmarks/gpu_session_tools.py table OUT            # summary table of OUT/train_*.json
 
 The model: TinyLlama-1.1B's shape (hidden 2048, 22 layers, 32 heads / 4 KV heads, MLP 5632) with
@@ -152,6 +153,25 @@ def cpu_data(path: Path) -> None:
     write_examples(path, ex)
 
 
+def cpu_model(d: Path, small: bool) -> None:
+    """Random weights of SmolLM2-135M's shape (.gpu/smollm2_config.json) + its tokenizer, saved in fp32 (the
+    real weights are too big to carry to the device). `--small`: 2 layers of width 64, for a local check."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / ".gpu" / "smollm2_config.json", d / "config.json")
+    for f in (REPO / ".gpu" / "tok").iterdir():
+        shutil.copy(f, d / f.name)
+    cfg = AutoConfig.from_pretrained(d)
+    if small:
+        cfg.update(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=16))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(d)
+    print(json.dumps({"cpu_model": str(d), "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size}))
+
+
 def table(out: Path) -> None:
     rows = []
     for f in sorted(out.glob("train_*.json")):
@@ -170,7 +190,7 @@ def table(out: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("cmd", choices=["build", "parity", "cpu-data", "table"])
+    p.add_argument("cmd", choices=["build", "parity", "cpu-data", "cpu-model", "table"])
     p.add_argument("path", nargs="?")
     p.add_argument("--small", action="store_true")
     a = p.parse_args()
@@ -180,6 +200,8 @@ def main() -> int:
         return parity(a.small)
     elif a.cmd == "cpu-data":
         cpu_data(Path(a.path))
+    elif a.cmd == "cpu-model":
+        cpu_model(Path(a.path), a.small)
     else:
         table(Path(a.path))
     return 0

@@ -37,8 +37,7 @@ class OpDtypes(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _tiny_lora(seed: int = 0):  # type: ignore[no-untyped-def]
-    from peft import LoraConfig, get_peft_model
+def _tiny_base(seed: int = 0):  # type: ignore[no-untyped-def]
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -47,6 +46,17 @@ def _tiny_lora(seed: int = 0):  # type: ignore[no-untyped-def]
     model = LlamaForCausalLM(cfg)
     model.config._attn_implementation = "sdpa"
     model.config.use_cache = False
+    return model
+
+
+def _tiny_lora(seed: int = 0, base_dtype=None):  # type: ignore[no-untyped-def]
+    """A tiny LoRA model; `base_dtype=torch.bfloat16`: the frozen base in bf16, as `load_model` loads it
+    under the CPU preset's bf16 (PEFT keeps the adapters in fp32)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = _tiny_base(seed)
+    if base_dtype is not None:
+        model = model.to(base_dtype)
     return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
 
 
@@ -63,7 +73,7 @@ def _items(prefix: bool):  # type: ignore[no-untyped-def]
     return out
 
 
-def _one_step(tmp_path, bf16: bool, fast: bool, prefix: bool = True):  # type: ignore[no-untyped-def]
+def _one_step(tmp_path, bf16: bool, fast: bool, prefix: bool = True, base_dtype=None):  # type: ignore[no-untyped-def]
     from transformers import TrainingArguments
 
     from protege.train.data import ListDataset, PadCollator
@@ -72,7 +82,8 @@ def _one_step(tmp_path, bf16: bool, fast: bool, prefix: bool = True):  # type: i
     args = TrainingArguments(output_dir=str(tmp_path / f"o{bf16}{fast}"), per_device_train_batch_size=4,
                              max_steps=1, use_cpu=True, bf16=bf16, report_to="none", save_strategy="no",
                              disable_tqdm=True, remove_unused_columns=False, logging_steps=1, learning_rate=1e-9)
-    trainer = trainer_class()(model=_tiny_lora(), args=args, train_dataset=ListDataset(_items(prefix)),
+    trainer = trainer_class()(model=_tiny_lora(base_dtype=base_dtype), args=args,
+                              train_dataset=ListDataset(_items(prefix)),
                               data_collator=PadCollator(0), token_budget=4 * 64, fast_loss=fast)
     rec = OpDtypes()
     with rec:
@@ -80,9 +91,12 @@ def _one_step(tmp_path, bf16: bool, fast: bool, prefix: bool = True):  # type: i
     return rec.ops, out.training_loss
 
 
+@pytest.mark.parametrize("base", ["fp32-base", "bf16-base"])
 @pytest.mark.parametrize("prefix", [True, False], ids=["shared-prefix", "plain"])
-def test_fast_path_runs_every_matmul_and_attention_in_bf16_under_autocast(tmp_path, prefix) -> None:  # type: ignore[no-untyped-def]
-    ops, _ = _one_step(tmp_path, bf16=True, fast=True, prefix=prefix)
+def test_fast_path_runs_every_matmul_and_attention_in_bf16_under_autocast(  # type: ignore[no-untyped-def]
+        tmp_path, prefix, base) -> None:
+    ops, _ = _one_step(tmp_path, bf16=True, fast=True, prefix=prefix,
+                       base_dtype=torch.bfloat16 if base == "bf16-base" else None)
     kinds = Counter(name for name, _ in ops)
     assert kinds["mm"] > 50, kinds  # 2 layers x 7 linear layers x (base + 2 LoRA) x fwd/bwd, and the loss
     assert any("scaled_dot_product" in k for k in kinds), kinds
@@ -147,3 +161,90 @@ def test_fused_ce_under_autocast_equals_explicit_bf16_and_casts_weight_once() ->
     assert all(d == (torch.bfloat16, torch.bfloat16) for _, d in rec.ops)
     assert len(rec.ops) == 2 * 5  # 5 chunks x (logits, grad_h): no weight-gradient matmul for a frozen head
     assert rec.copies.count(tuple(w.shape)) == 1  # before: cast again by autocast in each of the 10 matmuls
+
+
+# ---------------------------------------------------------------- the frozen LoRA base in bf16 on CPU
+
+
+def test_cpu_plan_under_bf16_loads_the_lora_base_in_bf16_and_keeps_fp32_unchanged(  # type: ignore[no-untyped-def]
+        monkeypatch) -> None:
+    """On a CPU with native bf16 the preset turns autocast on, and then LoRA loads the frozen base in bf16
+    and skips the shared-prefix split (both measured faster there, issue 14); fp32 keeps fp32 weights
+    and the shared prefix; a CPU full fine-tune keeps fp32 weights under autocast."""
+    import protege.train.presets as presets
+    from protege.config import TrainConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native in (True, False):
+        monkeypatch.setattr(presets, "cpu_has_bf16", lambda native=native: native)
+        plan = presets.resolve_plan(TrainConfig(preset="auto", method="lora"))
+        assert (plan.device, plan.bf16, plan.autocast) == ("cpu", native, native)
+        assert plan.weights_dtype == ("bfloat16" if native else "float32")
+        assert plan.share_prefix is (not native)
+        assert plan.token_budget == presets.CPU_TOKEN_BUDGET
+    forced_off = presets.resolve_plan(TrainConfig(preset="cpu", method="lora", bf16=False))
+    assert (forced_off.weights_dtype, forced_off.autocast, forced_off.share_prefix) == ("float32", False, True)
+    full = presets.resolve_plan(TrainConfig(preset="cpu", method="full", bf16=True))
+    assert (full.weights_dtype, full.autocast, full.master_weights) == ("float32", True, False)
+
+
+def test_load_model_puts_the_frozen_base_in_bf16_and_keeps_adapters_fp32(  # type: ignore[no-untyped-def]
+        tmp_path) -> None:
+    from protege.config import RunConfig
+    from protege.train.presets import resolve_plan
+    from protege.train.stage import load_model
+
+    _tiny_base().save_pretrained(tmp_path / "base")
+    cfg = RunConfig(run_dir=str(tmp_path / "run"))
+    cfg.train.preset, cfg.train.method, cfg.train.bf16 = "cpu", "lora", True
+    plan = resolve_plan(cfg.train)
+    assert plan.weights_dtype == "bfloat16" and plan.autocast
+    model = load_model(tmp_path / "base", cfg, plan)
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    trained = {p.dtype for p in model.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16}, frozen
+    assert trained == {torch.float32}, trained  # AdamW steps fp32 adapters
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
+    cfg.train.bf16 = False
+    fp32 = load_model(tmp_path / "base", cfg, resolve_plan(cfg.train))
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("prefix", [True, False], ids=["shared-prefix", "plain"])
+def test_bf16_base_loss_and_adapter_grads_match_the_fp32_path(prefix) -> None:  # type: ignore[no-untyped-def]
+    """The bf16 base under autocast (the CPU preset's bf16) against the fp32 base without autocast: same
+    loss and adapter gradients within bf16 tolerance; the loss is handed bf16 hidden states there."""
+    import protege.train.loss as loss_mod
+    from protege.train.data import PadCollator
+
+    batch = PadCollator(0)([{"input_ids": it.input_ids, "labels": it.labels} for it in _items(prefix=True)])
+    results = {}
+    for bf16 in (False, True):
+        model = _tiny_lora(base_dtype=torch.bfloat16 if bf16 else None)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_mod.trained_positions_loss(model, batch, share_prefix=prefix)
+        loss.backward()
+        named = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+        assert all(g.dtype == torch.float32 for g in named.values())
+        results[bf16] = (float(loss), named)
+    (l32, g32), (l16, g16) = results[False], results[True]
+    assert set(g32) == set(g16) and g32
+    assert abs(l16 - l32) / l32 < 1e-2, (l16, l32)
+    num = sum(float((g16[n] - g32[n]).norm() ** 2) for n in g32) ** 0.5
+    den = sum(float(g.norm() ** 2) for g in g32.values()) ** 0.5
+    assert num / den < 5e-2, num / den
+
+
+def test_preflight_says_the_base_is_bf16_and_why(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import protege.train.presets as presets
+    from protege.config import TrainConfig
+    from protege.train.preflight import _dtype_note
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(presets, "cpu_has_bf16", lambda: True)
+    plan = presets.resolve_plan(TrainConfig(preset="cpu", method="lora"))
+    assert "frozen base in bf16, adapters fp32; this CPU has native bf16" in _dtype_note(plan, "lora")
+    monkeypatch.setattr(presets, "cpu_has_bf16", lambda: False)
+    forced = presets.resolve_plan(TrainConfig(preset="cpu", method="lora", bf16=True))
+    assert "emulated, slow" in _dtype_note(forced, "lora")
+    assert _dtype_note(presets.resolve_plan(TrainConfig(preset="cpu", method="lora")), "lora") == ""

@@ -152,7 +152,10 @@ def backbone_and_head(model: Any) -> tuple[Any, Any] | None:
 # (causal attention: a prefix depends only on itself), so they are computed once and their keys/values
 # expanded to the batch; autograd sums the rows' gradients through the expansion, so loss and gradients
 # are those of the plain path (tests/test_train.py checks both). Used from this many shared tokens on,
-# on CPU only by default: measured there (+8 % on Alpaca batches); never run on a GPU yet.
+# on CPU in fp32 only (the cpu preset's `Plan.share_prefix`): +8 % on Alpaca batches on 2 EPYC cores, even
+# on 8 Xeon cores; under bf16 autocast on that Xeon (AMX) it made steps 1.1-1.4x SLOWER: the prefix is an
+# extra 1-row backbone pass (twice the ops per step) whose fixed per-op cost outweighs the cheap bf16
+# matmuls it saves (issue 14). Never run on a GPU yet.
 MIN_SHARED_PREFIX = 8
 
 
@@ -199,7 +202,8 @@ def trained_positions_loss(model: Any, inputs: dict[str, Any], num_items_in_batc
     """The causal-LM loss over trained positions: sum / num_items_in_batch (or mean when None).
 
     Same normalisation as transformers' `ForCausalLMLoss`, so gradient accumulation behaves the same.
-    `share_prefix` (default: on CPU only, where it was measured) computes the batch's common prefix once.
+    `share_prefix` computes the batch's common prefix once (default: on CPU; the trainer passes the plan's
+    choice, which is off under bf16).
     `kernel`: "protege" (ours, chunked, any device) or "liger" (liger-kernel, CUDA). The caller enters
     the training autocast (the Trainer's `accelerator.autocast()`): this path calls the backbone directly,
     so the autocast accelerate wraps around `model.forward` does not apply here.

@@ -72,8 +72,9 @@ def memory_estimate(model: Any, plan: Any, method: str, lora_dropout: float = 0.
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     wbytes = next(model.parameters()).element_size()
+    half = plan.bf16 and (plan.device == "cuda" or getattr(plan, "weights_dtype", "float32") == "bfloat16")
     act_tok = activation_bytes_per_token(model.config, method, plan.gradient_checkpointing, plan.fast_loss,
-                                         2 if plan.bf16 and plan.device == "cuda" else 4, lora_dropout)
+                                         2 if half else 4, lora_dropout)
     est = {
         "weights": params * wbytes,
         "gradients": trainable * 4,
@@ -100,6 +101,27 @@ def available_memory(device: str) -> tuple[int, str]:
     return psutil.virtual_memory().available, "available RAM"
 
 
+def _dtype_note(plan: Any, method: str) -> str:
+    """What bf16 means for this run: which weights are bf16, and why on a CPU."""
+    if not plan.bf16:
+        return ""
+    weights = getattr(plan, "weights_dtype", "float32")
+    if method == "qlora":
+        return f" (4-bit base computing in {weights}, adapters fp32)"
+    if method == "lora" and weights == "bfloat16":
+        why = ""
+        if plan.device == "cpu":
+            from protege.train.presets import cpu_has_bf16
+
+            why = ("; this CPU has native bf16 (avx512_bf16/AMX)" if cpu_has_bf16()
+                   else "; this CPU has no native bf16: emulated, slow")
+        return f" (autocast; frozen base in bf16, adapters fp32{why})"
+    if method == "full" and weights == "bfloat16":
+        return " (bf16 weights" + (", fp32 master copies in AdamW)" if getattr(plan, "master_weights", False)
+                                   else ")")
+    return f" (autocast over {weights} weights)" if getattr(plan, "autocast", False) else f" ({weights} weights)"
+
+
 def _fmt(n: float) -> str:
     return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB"
 
@@ -119,10 +141,13 @@ def render(res: TokenizeResult, total: int, source: str, tokenizer: Any, cfg: An
                                     f"targets={t.target_modules})" if t.method != "full" else ""),
         f"trainable {est['trainable']:,} of {est['params']:,} parameters "
         f"({100 * est['trainable'] / max(1, est['params']):.2f}%)",
-        f"hardware  preset {plan.preset} on {plan.device}; bf16={plan.bf16}; gradient checkpointing="
+        f"hardware  preset {plan.preset} on {plan.device}; bf16={plan.bf16}{_dtype_note(plan, t.method)}; "
+        f"gradient checkpointing="
         f"{plan.gradient_checkpointing}; micro-batches <= {t.batch_size} sequences and <= "
         f"{plan.token_budget} padded tokens, length-grouped; loss "
-        f"{'on trained positions only (chunked)' if plan.fast_loss else 'via the model (full logits)'}",
+        f"{'on trained positions only (chunked)' if plan.fast_loss else 'via the model (full logits)'}"
+        + ("; the batch's common prefix computed once" if plan.fast_loss and getattr(plan, "share_prefix", False)
+           else ""),
         f"data      {source}: {total} examples, {len(res.items)} to train, prompt format {t.prompt_format}",
         f"tokens    per example min {lens[0]}, median {q(0.5)}, mean {sum(lens) / len(lens):.0f}, "
         f"p95 {q(0.95)}, max {lens[-1]}; {trained:,} of {real:,} tokens trained "

@@ -2,8 +2,10 @@
 
 `cpu` defaults were chosen by measurement (benchmarks/bench_train.py, docs/benchmarks.md): token-budget
 length-grouped batches + loss on trained positions only, fp32 (the measured CPU has no avx512_bf16;
-autocast bf16 is only turned on automatically where the CPU advertises avx512_bf16 or AMX), no gradient
-checkpointing (the token budget already bounds activations), no torch.compile (measured slower there).
+autocast bf16 is only turned on automatically where the CPU advertises avx512_bf16 or AMX, and then LoRA
+loads the frozen base in bf16 and the shared prefix is not split off: measured on a Xeon with AMX), no
+gradient checkpointing (the token budget already bounds activations), no torch.compile (measured slower
+on the 2-core box).
 `single-gpu`: the same batching, bf16 weights when supported, regional torch.compile of the decoder
 layers and liger-kernel's fused linear cross-entropy when installed (measured on an H200:
 docs/benchmarks.md). `multi-gpu`: FSDP or DeepSpeed ZeRO-3 accelerate configs shipped in `protege/presets/`,
@@ -30,7 +32,8 @@ PRESET_FILES = {
 # Token budget per micro-batch by preset (padded tokens). CPU: chosen by measurement so that peak RSS
 # stays under 4 GiB for SmolLM2-135M LoRA r16 all-linear: ~2.3 MiB of activations per padded token on the
 # fast path at lora_dropout 0 (3.2 MiB at 0.05), plus ~0.9 GiB of runtime and touched weights; 2.8 GiB
-# peak measured over a full epoch. 1024 gave the same throughput with more memory (docs/benchmarks.md).
+# peak measured over a full epoch. 1024 gave the same throughput with more memory (docs/benchmarks.md);
+# so did 1536/2048 under bf16 on an 8-core Xeon with AMX (issue 14: the 8-sequence cap binds first).
 CPU_TOKEN_BUDGET = 768
 GPU_TOKEN_BUDGET = 16384
 
@@ -51,6 +54,7 @@ class Plan:
     master_weights: bool = False  # full fine-tune in bf16 weights: AdamW on fp32 master copies
     fused_loss: str = "protege"  # kernel of the fast loss: protege | liger
     compile: bool = False  # regional torch.compile of the decoder layers
+    share_prefix: bool = False  # fast loss: the batch's common prefix computed once (CPU default)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,8 +95,10 @@ def resolve_plan(train: Any) -> Plan:
     Dtypes: on a bf16 GPU, LoRA loads the frozen base in bf16 (adapters fp32, under autocast) and a full
     fine-tune loads bf16 weights and runs without autocast (fp32 weights under autocast hand fp32 q/k to
     SDPA after the rotary embedding, and SDPA's math kernel materialises the scores: measured OOM on an
-    H100); AdamW then steps fp32 master copies unless `train.master_weights` is false. On CPU the weights
-    stay fp32 and bf16 means autocast (only on CPUs with avx512_bf16/AMX by default).
+    H100); AdamW then steps fp32 master copies unless `train.master_weights` is false. On CPU bf16 means
+    autocast (on by default only on CPUs with avx512_bf16/AMX); under it LoRA loads the frozen base in bf16
+    too (adapters fp32) and the shared-prefix computation is off (both measured on a Xeon with AMX, issue
+    14); CPU full fine-tunes keep fp32 weights.
     """
     import os
 
@@ -118,7 +124,11 @@ def resolve_plan(train: Any) -> Plan:
     bf16 = train.bf16 if train.bf16 is not None else bf16
     device = "cuda" if preset != "cpu" else "cpu"
     fast_loss = getattr(train, "fast_loss", True)
-    bf16_weights = device == "cuda" and bf16 and train.method in ("lora", "full")
+    # bf16 weights: on a bf16 GPU for LoRA and full fine-tunes; on CPU for LoRA under bf16 autocast (issue
+    # 14: autocast casts a frozen fp32 weight to bf16 again in every matmul of every micro-batch, since it
+    # caches casts only of weights that require grad; a bf16 base skips those casts, and the activations
+    # between layers are bf16 too). CPU full fine-tunes keep fp32 weights under autocast.
+    bf16_weights = bf16 and (train.method in ("lora", "full") if device == "cuda" else train.method == "lora")
     return Plan(
         preset=preset,
         device=device,
@@ -134,6 +144,9 @@ def resolve_plan(train: Any) -> Plan:
         fused_loss=_fused_loss(getattr(train, "fused_loss", "auto"), device, fast_loss),
         compile=train.compile if getattr(train, "compile", None) is not None
         else preset == "single-gpu" and triton_available(),  # not yet run under DDP/FSDP: opt in there
+        # Measured on CPU only (docs/benchmarks.md), never run on a GPU: +8 % in fp32 on a 2-core EPYC, equal
+        # in fp32 on 8 Xeon cores, but 1.1-1.4x SLOWER under bf16 autocast there (issue 14): off with bf16.
+        share_prefix=device == "cpu" and not bf16,
     )
 
 

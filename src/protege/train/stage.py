@@ -279,7 +279,7 @@ def _train(cfg: RunConfig, store: RunStore, examples: list[Example], source: str
         eval_dataset=ListDataset(val_res.items) if val_res.items else None,
         data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer, callbacks=callbacks,
         token_budget=plan.token_budget, fast_loss=plan.fast_loss, stats=stats, fused_loss=plan.fused_loss,
-        master_weights=plan.master_weights)
+        master_weights=plan.master_weights, share_prefix=plan.share_prefix)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our callback prints/logs; no raw dicts on stdout

@@ -75,12 +75,13 @@ def trainer_class():  # type: ignore[no-untyped-def]
 
         def __init__(self, *a: Any, token_budget: int | None = None, fast_loss: bool = True,
                      stats: TokenStats | None = None, fused_loss: str = "protege", master_weights: bool = False,
-                     **kw: Any) -> None:
+                     share_prefix: bool | None = None, **kw: Any) -> None:
             super().__init__(*a, **kw)
             self.token_budget = token_budget
             self.fast_loss = fast_loss
             self.fused_loss = fused_loss  # kernel of the fast loss: protege | liger
             self.master_weights = master_weights  # AdamW on fp32 master copies of bf16 weights
+            self.share_prefix = share_prefix  # common prefix computed once (None: the loss's default, CPU only)
             self.stats = stats or TokenStats()
 
         def create_optimizer(self, *a: Any, **kw: Any) -> Any:
@@ -149,7 +150,8 @@ def trainer_class():  # type: ignore[no-untyped-def]
             # training ran the fast path in fp32: issue 14).
             if self.fast_loss and self.accelerator.unwrap_model(model) is model and backbone_and_head(model):
                 with self.accelerator.autocast():
-                    loss = trained_positions_loss(model, inputs, num_items_in_batch, kernel=self.fused_loss)
+                    loss = trained_positions_loss(model, inputs, num_items_in_batch, kernel=self.fused_loss,
+                                                  share_prefix=self.share_prefix)
                 return (loss, {"loss": loss}) if return_outputs else loss
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 

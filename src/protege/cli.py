@@ -44,13 +44,15 @@ def demo(
     num: int = typer.Option(20, "--num", help="Tasks the teacher should write (kept after filters; a quarter held out)."),
     steps: int = typer.Option(30, "--steps", help="LoRA optimizer steps for the student."),
     teacher: str = typer.Option("qwen2.5-coder-1.5b-instruct", "--teacher", help="Offline teacher model (GGUF, llama.cpp)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a setting after the demo's own: "
+                                        "--set train.method=full (repeatable)."),
 ) -> None:
     """The whole loop offline: self-instruct, curate, LoRA-train SmolLM2, judge it against its base."""
     from rich.panel import Panel
 
     from protege.demo import run
 
-    result = run(directory, num=num, steps=steps, teacher=teacher,
+    result = run(directory, num=num, steps=steps, teacher=teacher, overrides=overrides,
                  say=lambda m: out.print(m, markup=False, highlight=False))
     for row in result["comparison"]:
         body = "\n".join(f"[bold]{k}[/]: {escape(row[k])}" for k in ("reference", "base", "student", "verdict")

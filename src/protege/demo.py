@@ -47,9 +47,10 @@ def demo_overrides(num: int, steps: int, teacher: str) -> list[str]:
 
 
 def run(directory: Path, *, num: int = DEFAULT_NUM, steps: int = DEFAULT_STEPS, teacher: str = DEFAULT_TEACHER,
-        compare: int = 3, say: Callable[[str], None] = print) -> dict[str, Any]:
+        compare: int = 3, overrides: list[str] | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Scaffold (once) and run the pipeline in `directory`, then evaluate the student on the held-out tasks;
-    return stage outcomes, the headline and a few side-by-side answers."""
+    return stage outcomes, the headline and a few side-by-side answers. `overrides` (`key=value`, as `--set`)
+    apply after the demo's own settings."""
     from protege import models, pipeline
     from protege.config import load_config
     from protege.scaffold import init_project
@@ -63,7 +64,8 @@ def run(directory: Path, *, num: int = DEFAULT_NUM, steps: int = DEFAULT_STEPS, 
             say(f"wrote {path}")
     else:
         say(f"{directory}: existing demo project, resuming")
-    cfg = load_config(directory / "protege.yaml", demo_overrides(num, steps, teacher))
+    sets = demo_overrides(num, steps, teacher) + list(overrides or [])
+    cfg = load_config(directory / "protege.yaml", sets)
     store = RunStore(cfg.run_dir)
     store.write_config(cfg.to_yaml())
     say(f"teacher {teacher} (llama.cpp) -> self-instruct {num} tasks -> curate -> "
@@ -72,7 +74,7 @@ def run(directory: Path, *, num: int = DEFAULT_NUM, steps: int = DEFAULT_STEPS, 
     headline = None
     if _count(store.split("test")):
         # The same pipeline again with eval switched on: the finished stages are skipped (unchanged).
-        cfg = load_config(directory / "protege.yaml", demo_overrides(num, steps, teacher) + ["eval.in_run=true"])
+        cfg = load_config(directory / "protege.yaml", sets + ["eval.in_run=true"])
         stages.update(pipeline.run(cfg, store, say=say))
         headline = json.loads(store.scores.read_text(encoding="utf-8")).get("headline")
     else:

@@ -129,6 +129,8 @@ class GenerateConfig(_Block):
     num_prompt_tasks: int = Field(3, ge=1, le=20, description="example tasks shown per request")
     num_generated_in_prompt: int = Field(0, ge=0, le=20, description="of those, from kept tasks")
     tasks_per_request: int = Field(10, ge=1, le=50)
+    continuations: int = Field(2, ge=0, le=10, description="a reply that stops with fewer tasks than asked is "
+                               "continued in the same conversation up to this many times (0: never)")
     output_words: int = Field(150, ge=5, le=5000, description="ask for outputs preferably under this many words "
                               "(Alpaca asked for under 100; shorter outputs cost fewer teacher tokens per task)")
     # respond / explain

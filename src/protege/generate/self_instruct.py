@@ -12,6 +12,11 @@ Request i's examples are drawn with a seed derived from i, so a rerun rebuilds t
 requests and finds their answers in the cache (when `num_generated_in_prompt` is 0; with
 kept tasks in the prompt, a resumed run draws from what was kept by then).
 
+A reply that stops with fewer tasks than asked (small teachers often write one or two, then end) is
+continued in the same conversation, up to `generate.continuations` times: "now write tasks k to n". The
+teacher sees what it already wrote (fewer near-duplicates), and a local teacher reuses the evaluated
+prompt, so the rest of the tasks cost their own tokens instead of another full prompt.
+
 The loop always ends: failed requests do not count towards `generate.num`, so besides the
 engine's circuit breaker (a dead teacher) it stops when replies stop giving new tasks
 (`_STALL_AFTER`), and, with `generate.max_requests`, when the kept-per-call rate seen so far
@@ -38,6 +43,18 @@ _STALL_AFTER = 20  # consecutive replies with nothing kept: stop instead of payi
 _MIN_CALLS_TO_JUDGE = 10  # calls seen before the kept-per-call rate is trusted to call a target unreachable
 
 
+def continuation(req: Request, reply: str, written: int, asked: int, first: int) -> Request:
+    """The follow-up of a self-instruct request whose reply held `written` of the `asked` tasks (numbered from
+    `first`): the same conversation, the reply, then the ask for the remaining ones."""
+    nxt, last = first + written, first + asked - 1
+    ask = (f"Now write tasks {nxt} to {last} in the same format, each different from the tasks above. Start with:"
+           f"\n\n### Task {nxt}\nInstruction:") if nxt < last else (
+        f"Now write task {nxt} in the same format, different from the tasks above. Start with:\n\n"
+        f"### Task {nxt}\nInstruction:")
+    messages = list(req.messages or []) + [{"role": "assistant", "content": reply}, {"role": "user", "content": ask}]
+    return Request(messages=messages, sampling=req.sampling, sample_index=req.sample_index, json_mode=req.json_mode)
+
+
 class SelfInstruct:
     name = "self-instruct"
 
@@ -58,6 +75,7 @@ class SelfInstruct:
                             f"request shows {g.num_prompt_tasks - g.num_generated_in_prompt}",
                             hint="Add seed tasks, or lower generate.num_prompt_tasks.")
         self.cfg, self.total = cfg, g.num
+        self._written = 0  # task blocks in the reply last processed (kept or dropped)
         self.json_mode = cfg.teacher.json_mode
         self.template = template(self.json_mode)
         ident = json.dumps([cfg.teacher.model, self.template.sha256, sampling_params(cfg), g.seed,
@@ -107,10 +125,14 @@ class SelfInstruct:
         state = {"next": 0, "in_flight": 0, "replies": 0, "kept_now": 0, "zero_streak": 0, "failed": 0,
                  "unreachable": 0}
         sampling = ctx.sampling()
+        follow_ups: list[Request] = []  # continuations of replies that stopped short, asked before new requests
 
         def next_request() -> Request | None:
             if len(kept) >= g.num or state["zero_streak"] >= _STALL_AFTER or state["unreachable"]:
                 return None
+            if follow_ups:
+                state["in_flight"] += 1
+                return follow_ups.pop(0)
             if self._unreachable(ctx.engine.ledger, len(kept), state):
                 state["unreachable"] = 1
                 return None
@@ -129,7 +151,7 @@ class SelfInstruct:
 
         async for res in ctx.engine.map(next_request):
             state["in_flight"] -= 1
-            gen_id, seed_ids = res.request.tag
+            gen_id, seed_ids, *cont = res.request.tag
             if res.stopped:
                 continue
             if not res.ok:
@@ -137,6 +159,14 @@ class SelfInstruct:
                 state["failed"] += 1
                 continue
             n = self._process(ctx, res, gen_id, seed_ids, dedup, kept)
+            rounds, written = (cont[0], cont[1]) if cont else (0, 0)
+            written += self._written
+            if (not self.json_mode and res.completion.finish_reason == "stop" and 0 < self._written
+                    and written < g.tasks_per_request and rounds < g.continuations and len(kept) < g.num):
+                follow = continuation(res.request, res.completion.text, written, g.tasks_per_request,
+                                      g.num_prompt_tasks + 1)
+                follow.tag = (f"{gen_id.split('+')[0]}+{rounds + 1}", seed_ids, rounds + 1, written)
+                follow_ups.append(follow)
             state["replies"] += 1
             state["kept_now"] += n
             state["zero_streak"] = 0 if n else state["zero_streak"] + 1
@@ -166,6 +196,7 @@ class SelfInstruct:
         """Parse one reply, filter its tasks, write kept and dropped ones. Returns the number kept."""
         thr = self.cfg.curate.rouge_threshold
         parsed = parse(res.completion.text, res.completion.finish_reason, self.json_mode)
+        self._written = len(parsed.tasks) + len(parsed.dropped)  # task blocks in the reply, kept or not
         base = ctx.provenance(res, mode=self.name, gen_id=gen_id, template=self.template, seed_ids=seed_ids)
         keep, drop = [], []
         for j, task in enumerate(parsed.tasks):

@@ -238,13 +238,13 @@ def test_bf16_base_loss_and_adapter_grads_match_the_fp32_path(prefix) -> None:  
 def test_preflight_says_the_base_is_bf16_and_why(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import protege.train.presets as presets
     from protege.config import TrainConfig
-    from protege.train.preflight import _dtype_note
+    from protege.train.preflight import dtype_note
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(presets, "cpu_has_bf16", lambda: True)
     plan = presets.resolve_plan(TrainConfig(preset="cpu", method="lora"))
-    assert "frozen base in bf16, adapters fp32; this CPU has native bf16" in _dtype_note(plan, "lora")
+    assert "frozen base in bf16, adapters fp32; this CPU has native bf16" in dtype_note(plan, "lora")
     monkeypatch.setattr(presets, "cpu_has_bf16", lambda: False)
     forced = presets.resolve_plan(TrainConfig(preset="cpu", method="lora", bf16=True))
-    assert "emulated, slow" in _dtype_note(forced, "lora")
-    assert _dtype_note(presets.resolve_plan(TrainConfig(preset="cpu", method="lora")), "lora") == ""
+    assert "emulated, slow" in dtype_note(forced, "lora")
+    assert dtype_note(presets.resolve_plan(TrainConfig(preset="cpu", method="lora")), "lora") == ""

@@ -101,7 +101,7 @@ def available_memory(device: str) -> tuple[int, str]:
     return psutil.virtual_memory().available, "available RAM"
 
 
-def _dtype_note(plan: Any, method: str) -> str:
+def dtype_note(plan: Any, method: str) -> str:
     """What bf16 means for this run: which weights are bf16, and why on a CPU."""
     if not plan.bf16:
         return ""
@@ -141,7 +141,7 @@ def render(res: TokenizeResult, total: int, source: str, tokenizer: Any, cfg: An
                                     f"targets={t.target_modules})" if t.method != "full" else ""),
         f"trainable {est['trainable']:,} of {est['params']:,} parameters "
         f"({100 * est['trainable'] / max(1, est['params']):.2f}%)",
-        f"hardware  preset {plan.preset} on {plan.device}; bf16={plan.bf16}{_dtype_note(plan, t.method)}; "
+        f"hardware  preset {plan.preset} on {plan.device}; bf16={plan.bf16}{dtype_note(plan, t.method)}; "
         f"gradient checkpointing="
         f"{plan.gradient_checkpointing}; micro-batches <= {t.batch_size} sequences and <= "
         f"{plan.token_budget} padded tokens, length-grouped; loss "

@@ -29,21 +29,25 @@ def test_public_id_of_paths_is_a_name_and_a_content_hash(tmp_path: Path) -> None
     assert models.public_id("hf:HuggingFaceTB/SmolLM2-135M-Instruct") == "hf:HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+def _respond_two(tmp_path: Path, teacher: dict) -> list[str]:
+    """Two records answered by `teacher` in respond mode (greedy, 8 tokens); the lines of raw.jsonl."""
+    from protege import generate
+
+    (tmp_path / "instructions.txt").write_text("Name a colour.\nName a fruit.\n")
+    cfg = validate_config({"run_dir": str(tmp_path / "run"), "teacher": teacher,
+                           "generate": {"mode": "respond", "instructions": str(tmp_path / "instructions.txt"),
+                                        "num": 2, "drop_truncated": False,
+                                        "sampling": {"temperature": 0, "max_tokens": 8}}})
+    generate.run(cfg, RunStore(cfg.run_dir))
+    return (tmp_path / "run" / "generate" / "raw.jsonl").read_text().splitlines()
+
+
 @pytest.mark.slow
 def test_generated_records_hold_no_local_path(tmp_path: Path) -> None:
     src = models.resolve("smollm2-135m-instruct")
     local = tmp_path / "users" / "alice" / "models" / "student-copy"
     shutil.copytree(src, local)
-    (tmp_path / "instructions.txt").write_text("Name a colour.\nName a fruit.\n")
-    cfg = validate_config({"run_dir": str(tmp_path / "run"),
-                           "teacher": {"kind": "hf", "model": str(local), "max_concurrency": 2},
-                           "generate": {"mode": "respond", "instructions": str(tmp_path / "instructions.txt"),
-                                        "num": 2, "drop_truncated": False,
-                                        "sampling": {"temperature": 0, "max_tokens": 8}}})
-    from protege import generate
-
-    generate.run(cfg, RunStore(cfg.run_dir))
-    lines = (tmp_path / "run" / "generate" / "raw.jsonl").read_text().splitlines()
+    lines = _respond_two(tmp_path, {"kind": "hf", "model": str(local), "max_concurrency": 2})
     assert len(lines) == 2
     for line in lines:
         meta = json.loads(line)["meta"]
@@ -57,16 +61,7 @@ def test_generated_records_hold_no_local_path(tmp_path: Path) -> None:
 def test_llamacpp_teacher_records_name_no_path(tmp_path: Path) -> None:
     """llama-cpp-python reports the GGUF's path as its model: the records carry the public name instead."""
     pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
-    (tmp_path / "instructions.txt").write_text("Name a colour.\nName a fruit.\n")
-    cfg = validate_config({"run_dir": str(tmp_path / "run"),
-                           "teacher": {"kind": "llamacpp", "model": "smollm2-135m-instruct", "n_threads": 2},
-                           "generate": {"mode": "respond", "instructions": str(tmp_path / "instructions.txt"),
-                                        "num": 2, "drop_truncated": False,
-                                        "sampling": {"temperature": 0, "max_tokens": 8}}})
-    from protege import generate
-
-    generate.run(cfg, RunStore(cfg.run_dir))
-    lines = (tmp_path / "run" / "generate" / "raw.jsonl").read_text().splitlines()
+    lines = _respond_two(tmp_path, {"kind": "llamacpp", "model": "smollm2-135m-instruct", "n_threads": 2})
     assert len(lines) == 2
     for line in lines:
         meta = json.loads(line)["meta"]

@@ -53,6 +53,11 @@ def test_demo_end_to_end_then_resumes_without_teacher_calls(tmp_path: Path) -> N
     scores = json.loads((d / "run" / "eval" / "scores.json").read_text())  # the verdict on held-out tasks
     test_set = next(s for s in scores["sets"] if s["name"] == "test")
     assert test_set["n"] >= 1 and any({p["a"], p["b"]} == {"student", "base"} for p in test_set["pairwise"])
+    # the in-process llama.cpp judge returns token probabilities: the verdict is weighted over both orders
+    pair = next(p for p in test_set["pairwise"] if {p["a"], p["b"]} == {"student", "base"})
+    assert pair["weighted_from_probabilities"] >= 1 and 0 <= pair["win_rate_weighted"] <= 1
+    lo, hi = pair["win_rate_weighted_ci"]
+    assert lo <= pair["win_rate_weighted"] <= hi and "the judge's probabilities" in scores["headline"]
     assert "Verdict: " in first.stdout and scores["headline"][:30] in first.stdout
     assert scores["settings"]["max_new_tokens"] == 48  # --set applies after the demo's own settings
     db = d / "run" / "calls.sqlite"

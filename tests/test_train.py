@@ -413,8 +413,9 @@ def test_validation_loss_early_stopping_best_checkpoint_and_tensorboard(tmp_path
     write_examples(data, train_exs)
     # a learning rate far too high: the validation loss gets worse after the first evaluations, so
     # patience 1 must stop the run early
+    # fp32 (bf16=False): on a bf16 CPU training would evaluate under bf16 autocast, the check below in fp32
     cfg = load_config(_write_cfg(tmp_path, data, max_steps=16, lr=0.05, batch_size=4, save_every=2,
-                                 eval_every=2, early_stopping_patience=1, warmup_ratio=0.0))
+                                 eval_every=2, early_stopping_patience=1, warmup_ratio=0.0, bf16=False))
     store = RunStore(cfg.run_dir)
     store.split("val").parent.mkdir(parents=True, exist_ok=True)
     write_examples(store.split("val"), val_exs)
@@ -460,7 +461,7 @@ def test_shared_prefix_path_equals_plain_path_loss_and_grads(tokenizer, student_
     batch = PadCollator(tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
     assert len(set(batch["attention_mask"].sum(1).tolist())) > 1  # rows of different lengths: padding
     assert shared_prefix_len(batch["input_ids"], batch["attention_mask"]) >= 8  # the template's header
-    cfg = RunConfig(run_dir="unused")
+    cfg = RunConfig(run_dir="unused", train={"bf16": False})  # fp32: a bf16 CPU would load the base in bf16
     torch.manual_seed(0)
     model = load_model(student_dir, cfg, resolve_plan(cfg.train))
     with torch.no_grad():  # non-zero adapters, so the k/v adapters of the prefix matter

@@ -301,6 +301,10 @@ class EvalConfig(_Block):
     judge_reference: bool = Field(
         True, description="show the judge the set's own answer to each prompt (a test split's outputs) as a reference "
                           "when comparing two candidates, neither of them the teacher (MT-bench's reference-guided judging)")
+    judge_weighted: bool = Field(
+        True, description="ask the judge for its token probabilities (logprobs) and report a probability-weighted win "
+                          "rate averaged over both orders, which a position-biased judge cannot void (llama.cpp, "
+                          "OpenAI, vLLM, hf judges return them; false for a server that rejects logprobs)")
     usd_per_hour: float | None = Field(
         None, ge=0, description="what the machine running local candidates costs per hour: prices self-hosted answers")
     in_run: bool = Field(False, description="`protege run` runs eval after train")

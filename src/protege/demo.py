@@ -42,7 +42,7 @@ def demo_overrides(num: int, steps: int, teacher: str) -> list[str]:
         # (one pair: two judge calls a task, so the verdict costs minutes, not the demo's whole budget).
         "eval.candidates=[student, base]",
         "eval.max_new_tokens=256",
-        "eval.judge_max_tokens=160",
+        "eval.judge_max_tokens=64",  # the verdict comes first; the reason after it is for people reading
     ]
 
 
@@ -110,5 +110,9 @@ def compare_answers(store: Any, n: int) -> list[dict[str, str]]:
             j = json.loads(line)
             if j.get("set") == "test" and {j.get("a"), j.get("b")} == {"student", "base"} and j["id"] in rows:
                 winner = {"a": j["a"], "b": j["b"]}.get(j["winner"], "tie")
-                rows[j["id"]]["verdict"] = f"{winner}" + ("" if j.get("consistent") else " (orders disagreed)")
+                verdict = f"{winner}" + ("" if j.get("consistent") else " (orders disagreed)")
+                if j.get("preference") is not None:  # a's share; the student's whichever side it was judged on
+                    share = j["preference"] if j["a"] == "student" else 1 - j["preference"]
+                    verdict += f"; the judge's preference for the student over both orders: {share:.2f}"
+                rows[j["id"]]["verdict"] = verdict
     return [r for r in rows.values() if all(k in r for k in ("reference", "base", "student"))]

@@ -5,7 +5,12 @@ live in `prompts/judge.py`; calls go through the teacher engine (`teachers.compl
 rate limits, SQLite call log), greedy, so a rerun asks nothing twice.
 
 Pairwise judging asks both orders (A/B and B/A): a verdict counts only when both orders agree, otherwise the
-pair is a tie and counted as inconsistent, since LLM judges prefer a position (Zheng et al., MT-bench). Given a
+pair is a tie and counted as inconsistent, since LLM judges prefer a position (Zheng et al., MT-bench). Where the
+judge returns token probabilities (`weighted`), each pair also gets a's preference: the probability the judge gave
+each verdict where it wrote it (as AlpacaEval 2's weighted win rate), a's share (ties halved) averaged over the two
+orders, which cancels a position bias that shifts both orders alike (Wang et al. 2023, "Large Language Models are
+not Fair Evaluators": balanced position calibration). A small judge that names the first answer in both orders
+leaves no hard verdict, but how much less sure it is when the better answer comes second is a measurement. Given a
 reference answer (a held-out task's own output), the judge sees it too (MT-bench's reference-guided pairwise
 prompt): a small judge checks answers against it far more reliably than it solves the task itself.
 """
@@ -20,6 +25,7 @@ from protege.prompts import judge as prompts
 from protege.teachers import Request, complete_all
 
 GREEDY = {"temperature": 0.0}
+TOP_LOGPROBS = 10  # alternatives asked for at each token of a weighted pairwise verdict (OpenAI allows up to 20)
 
 
 @dataclass
@@ -41,6 +47,9 @@ class PairVerdict:
     second: str | None  # verdict with b shown first, mapped back to a/b terms
     reasons: list[str] = field(default_factory=list)
     error: str | None = None
+    p_first: dict[str, float] | None = None  # {"a", "b", "tie"}: the judge's probabilities with a shown first
+    p_second: dict[str, float] | None = None  # the same with b shown first, in a/b terms
+    preference: float | None = None  # a's share averaged over both orders (1 = a surely better); None without both
 
 
 def _error(result: Any) -> str:
@@ -85,6 +94,21 @@ def combine(first: str | None, second_swapped: str | None) -> tuple[str, bool]:
     return (a, True) if a == b else ("tie", False)
 
 
+def in_ab_terms(probs: dict[str, float] | None, a_first: bool) -> dict[str, float] | None:
+    """Verdict probabilities ({"A", "B", "tie"}) as {"a", "b", "tie"}: "A" is a when a was shown first."""
+    if probs is None:
+        return None
+    a, b = ("A", "B") if a_first else ("B", "A")
+    return {"a": probs[a], "b": probs[b], "tie": probs["tie"]}
+
+
+def preference(first: dict[str, float] | None, second: dict[str, float] | None) -> float | None:
+    """a's share (a's probability plus half the tie's) averaged over both orders; None unless both are known. Pure."""
+    if first is None or second is None:
+        return None
+    return (first["a"] + first["tie"] / 2 + second["a"] + second["tie"] / 2) / 2
+
+
 def pairwise_prompt(reference: str | None) -> str:
     """The name of the pairwise prompt used with (or without) a reference answer."""
     return "judge_pairwise" if reference is None else "judge_pairwise_ref"
@@ -92,11 +116,13 @@ def pairwise_prompt(reference: str | None) -> str:
 
 def compare(items: list[tuple[str, str, str]], judge_cfg: Any, calls_db: Any = None, max_tokens: int = 256,
             on_result: Callable[[Any], None] | None = None,
-            references: list[str | None] | None = None) -> list[PairVerdict]:
+            references: list[str | None] | None = None, weighted: bool = False) -> list[PairVerdict]:
     """Judge (instruction, answer a, answer b) triples in both orders; one PairVerdict each.
 
     `references[k]`, when given and not None, is shown to the judge as the reference answer of item k. The two
     orders of an item are consecutive requests sharing their beginning (a local judge reuses that prefix).
+    `weighted` asks for the judge's token probabilities too (`logprobs`, top 10) and fills each verdict's
+    probabilities and preference where the judge returned them.
     """
     refs = references if references is not None else [None] * len(items)
     if len(refs) != len(items):
@@ -107,8 +133,10 @@ def compare(items: list[tuple[str, str, str]], judge_cfg: Any, calls_db: Any = N
             fields = {"instruction": ins, "answer_a": x, "answer_b": y}
             if ref is not None:
                 fields["reference"] = ref
-            reqs.append(Request(messages=prompts.render(pairwise_prompt(ref), **fields),
-                                sampling={**GREEDY, "max_tokens": max_tokens}))
+            sampling: dict[str, Any] = {**GREEDY, "max_tokens": max_tokens}
+            if weighted:
+                sampling.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+            reqs.append(Request(messages=prompts.render(pairwise_prompt(ref), **fields), sampling=sampling))
     results = complete_all(judge_cfg, reqs, calls_db, on_result=on_result)
     out = []
     for k in range(len(items)):
@@ -118,8 +146,10 @@ def compare(items: list[tuple[str, str, str]], judge_cfg: Any, calls_db: Any = N
         winner, consistent = combine(p1[0] if p1 else None, p2[0] if p2 else None)
         err = None if (p1 and p2) else (_error(r1) if not p1 else _error(r2))
         second = None if p2 is None else {"A": "B", "B": "A", "tie": "tie"}[p2[0]]
+        q1 = in_ab_terms(prompts.verdict_probs(r1.completion.logprobs), a_first=True) if p1 else None
+        q2 = in_ab_terms(prompts.verdict_probs(r2.completion.logprobs), a_first=False) if p2 else None
         out.append(PairVerdict(winner, consistent, p1[0] if p1 else None, second,
-                               [p[1] for p in (p1, p2) if p], err))
+                               [p[1] for p in (p1, p2) if p], err, q1, q2, preference(q1, q2)))
     return out
 
 

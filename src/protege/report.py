@@ -343,7 +343,8 @@ def sec_winrates(f: dict[str, Any]) -> list[Block]:
     judge = f["scores"].get("judge") or {}
     if judge:
         out.append(("p", f"Judge: {judge.get('kind', '?')} {judge.get('model', '?')}; each pair judged in both "
-                         "orders, a verdict counts only when both agree (else a tie)."))
+                         "orders, a verdict counts only when both agree (else a tie); the weighted win rate averages the "
+                         "judge's probabilities of each verdict over both orders (ties halved)."))
     for s in _sets(f):
         cands = s.get("candidates") or {}
         out.append(("table", [f"{s['name']} ({_num(s.get('n'))} prompts, {s.get('format', '?')})", "model", "answers",
@@ -355,10 +356,11 @@ def sec_winrates(f: dict[str, Any]) -> list[Block]:
         if pairs:
             out.append(("img", f"win tie loss {s['name']}", chart_pairwise(s["name"], pairs)))
             out.append(("table", ["pair (a vs b)", "n", "a wins", "tie", "a loses", "a wins or ties", "inconsistent",
-                                  "mean words a / b"],
+                                  "a's weighted win rate", "mean words a / b"],
                         [[f"{p['a']} vs {p['b']}", _num(p["n"]), _pct(p.get("win"), p.get("win_ci")),
                           _pct(p.get("tie"), p.get("tie_ci")), _pct(p.get("loss"), p.get("loss_ci")),
                           _pct(p.get("win_or_tie"), p.get("win_or_tie_ci")), _pct(p.get("inconsistent")),
+                          _pct(p.get("win_rate_weighted"), p.get("win_rate_weighted_ci")),
                           f"{_num(p.get('mean_words_a'))} / {_num(p.get('mean_words_b'))}"] for p in pairs]))
             out += [("p", f"Warning ({p['a']} vs {p['b']}): {w}") for p in pairs for w in p.get("warnings") or []]
         out += [("p", f"Note ({s['name']}): {n}") for n in s.get("notes") or []]

@@ -203,3 +203,37 @@ def test_self_instruct_with_the_offline_in_process_teacher(tmp_path):
     with sqlite3.connect(run / "calls.sqlite") as db:
         keys = [k for (k,) in db.execute("SELECT key FROM calls WHERE status = 'ok'")]
     assert len(keys) == len(set(keys)) == 1 + again["ledger"]["calls"]  # nothing asked twice
+
+
+def test_token_probabilities_from_the_server_match_the_in_process_backend(llama_server, tmp_path):
+    """The openai backend reads the server's logprobs; the in-process backend records them from the logits of each
+    step (a logits processor, not llama-cpp-python's logits_all path): same model, greedy, so the same tokens and
+    probabilities."""
+    from protege.config import TeacherConfig
+    from protege.teachers import Request, complete_all
+
+    def ask(tcfg: TeacherConfig, db: Path) -> list:
+        req = Request(messages=[{"role": "user", "content": "Is the sky blue? Answer yes or no, then say why."}],
+                      sampling={"temperature": 0.0, "max_tokens": 8, "logprobs": True, "top_logprobs": 5})
+        (res,) = complete_all(tcfg, [req], db)
+        assert res.ok, res.error
+        return res.completion
+
+    served = ask(TeacherConfig(kind="openai", model="smollm2", base_url=llama_server, timeout_s=300),
+                 tmp_path / "served.sqlite")
+    local = ask(TeacherConfig(kind="llamacpp", model="smollm2-135m-instruct", n_threads=1, n_ctx=2048),
+                tmp_path / "local.sqlite")
+    assert served.text == local.text and served.logprobs and local.logprobs
+    assert "".join(t for t, _ in served.logprobs) == served.text
+    # in-process: every generated token (the last one too) with its top 5 alternatives
+    assert len(local.logprobs) == local.completion_tokens and "".join(t for t, _ in local.logprobs) == local.text
+    for (tok_s, alts_s), (tok_l, alts_l) in zip(served.logprobs, local.logprobs):
+        assert tok_s == tok_l and tok_l in alts_l and 5 <= len(alts_l) <= 6
+        assert max(alts_l, key=alts_l.get) == max(alts_s, key=alts_s.get)  # greedy: the top alternative
+        for t in set(alts_s) & set(alts_l):
+            assert abs(alts_s[t] - alts_l[t]) < 0.05  # one thread vs two: float sums differ slightly
+        assert all(v <= 0 for v in alts_l.values())
+    # the call log keeps them: asked again, the same probabilities come from the cache
+    again = ask(TeacherConfig(kind="llamacpp", model="smollm2-135m-instruct", n_threads=1, n_ctx=2048),
+                tmp_path / "local.sqlite")
+    assert again.logprobs == local.logprobs

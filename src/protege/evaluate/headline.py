@@ -1,7 +1,8 @@
 """The one line `protege eval` ends with, built from scores.json alone (parts not computed are left out):
 
 "student wins or ties X% [CI] against the teacher on N held-out tasks, base Y% [CI];
- IFEval strict A vs B vs C; Z times cheaper per request"
+ IFEval strict A vs B vs C; Z times cheaper per request", or with only the base to compare with (the demo)
+"student vs base on N held-out tasks: win rate X% [CI] (the judge's probabilities, both orders); ..."
 """
 
 from __future__ import annotations
@@ -36,10 +37,7 @@ def _judged(scores: dict[str, Any]) -> str | None:
             vs_base = _find(pairs, anchor, "base")
             if vs_base is None:
                 continue
-            return (f"{anchor} vs base on {where}: wins {_pct(vs_base['win'])}, ties {_pct(vs_base['tie'])}, "
-                    f"loses {_pct(vs_base['loss'])}; win rate with ties split "
-                    f"{_pct(vs_base['win_rate_ties_split'], vs_base['win_rate_ties_split_ci'])}"
-                    + _rouge(s, anchor, "base"))
+            return (f"{anchor} vs base on {where}: " + _rate(vs_base) + _rouge(s, anchor, "base"))
         against = {"teacher": "the teacher", "reference": "the reference answers"}.get(target, target)
         text = (f"{anchor} wins or ties {_pct(first['win_or_tie'], first['win_or_tie_ci'])} against {against} "
                 f"on {where}")
@@ -48,6 +46,16 @@ def _judged(scores: dict[str, Any]) -> str | None:
             text += f", base {_pct(base['win_or_tie'], base['win_or_tie_ci'])}"
         return text
     return None
+
+
+def _rate(pair: dict[str, Any]) -> str:
+    """The pair's win rate: probability-weighted over both orders when the judge gave probabilities, else the hard
+    verdicts' with ties split; then the hard verdicts' wins, ties and losses."""
+    hard = f"wins {_pct(pair['win'])}, ties {_pct(pair['tie'])}, loses {_pct(pair['loss'])}"
+    if pair.get("win_rate_weighted") is not None:
+        return (f"win rate {_pct(pair['win_rate_weighted'], pair.get('win_rate_weighted_ci'))} (the judge's "
+                f"probabilities, both orders); verdicts both orders agree on: {hard}")
+    return f"{hard}; win rate with ties split {_pct(pair['win_rate_ties_split'], pair['win_rate_ties_split_ci'])}"
 
 
 def _rouge(s: dict[str, Any], a: str, b: str) -> str:

@@ -7,6 +7,11 @@ as inconsistent. A prompt whose judge call failed (not an unparsable reply: a ca
 left out of the rates and counted as `unjudged`. With `reference` on, a single-turn item that carries the set's own
 answer (a held-out task's output) shows it to the judge (MT-bench's reference-guided prompt); never for a pair
 holding the teacher or the reference itself, which would be judged against its own answer.
+
+With `weighted` on and a judge that returns token probabilities, every prompt also gets a's preference (the
+judge's probabilities averaged over both orders, `judge.preference`) and the pair a probability-weighted win
+rate: the mean over prompts of that preference, or of the hard verdict (1 win, 0.5 tie, 0 loss) where the judge
+gave no probabilities, with its bootstrap interval.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 from protege import judge
 from protege.evaluate.candidates import Answer, Candidate, words
 from protege.evaluate.sets import EvalItem, EvalSet
-from protege.evaluate.stats import rates
+from protege.evaluate.stats import bootstrap_means, rates
 
 LENGTH_MIN_DECISIVE = 3  # below this many decisive verdicts, "the longer answer wins most" says nothing
 
@@ -78,7 +83,8 @@ def item_reference(item: EvalItem) -> str | None:
 
 
 def judge_pairs(jobs: list[PairJob], answers: dict[str, dict[str, list[Answer]]], judge_cfg: Any, calls_db: Any,
-                max_tokens: int, judge_id: str, on_result: Callable[[Any], None] | None = None) -> list[PairJob]:
+                max_tokens: int, judge_id: str, on_result: Callable[[Any], None] | None = None,
+                weighted: bool = False) -> list[PairJob]:
     """Judge every item both candidates of each job answered, all jobs in one engine pass (one judge load).
 
     `answers[set name][candidate]`. Fills each job's lines, unjudged count and first error, and returns the jobs.
@@ -105,7 +111,8 @@ def judge_pairs(jobs: list[PairJob], answers: dict[str, dict[str, list[Answer]]]
         if on_result is not None:
             on_result(result)
 
-    verdicts = judge.compare(triples, judge_cfg, calls_db, max_tokens=max_tokens, on_result=seen, references=refs)
+    verdicts = judge.compare(triples, judge_cfg, calls_db, max_tokens=max_tokens, on_result=seen, references=refs,
+                             weighted=weighted)
     hashes = judge.prompt_hashes()
     first_error = next(iter(errors.values()), "not sent: the judge stopped early")
     for j, ((job, k), v) in enumerate(zip(todo, verdicts)):
@@ -116,10 +123,35 @@ def judge_pairs(jobs: list[PairJob], answers: dict[str, dict[str, list[Answer]]]
         got = answers[job.set.name]
         job.lines.append({"set": job.set.name, "id": job.set.items[k].id, "a": job.a, "b": job.b,
                           "winner": v.winner, "consistent": v.consistent, "first": v.first, "second": v.second,
-                          "reasons": v.reasons, "judge": judge_id,
+                          "reasons": v.reasons, "judge": judge_id, "preference": _round(v.preference),
+                          "p_first": _round_all(v.p_first), "p_second": _round_all(v.p_second),
                           "prompt_sha256": hashes[judge.pairwise_prompt(refs[j])], "reference": refs[j] is not None,
                           "words_a": words(got[job.a][k].text), "words_b": words(got[job.b][k].text)})
     return jobs
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def _round_all(d: dict[str, float] | None) -> dict[str, float] | None:
+    return None if d is None else {k: round(v, 4) for k, v in d.items()}
+
+
+HARD = {"a": 1.0, "tie": 0.5, "b": 0.0}  # a hard verdict as a share, where the judge gave no probabilities
+
+
+def weighted(lines: list[dict[str, Any]], seed: int, resamples: int) -> dict[str, Any]:
+    """The probability-weighted win rate of a over b and its bootstrap 95% interval, and on how many prompts the
+    judge gave probabilities ({} when it gave none: the hard verdicts alone are summarised by `rates`)."""
+    prefs = [ln.get("preference") for ln in lines]
+    n_probs = sum(1 for p in prefs if p is not None)
+    if not n_probs:
+        return {}
+    shares = [p if p is not None else HARD[ln["winner"]] for p, ln in zip(prefs, lines)]
+    ci = bootstrap_means({"w": shares}, seed, resamples)["w"]
+    return {"win_rate_weighted": round(sum(shares) / len(shares), 4),
+            "win_rate_weighted_ci": list(ci) if ci is not None else None, "weighted_from_probabilities": n_probs}
 
 
 def length_warning(winners: Sequence[str], words_a: Sequence[int], words_b: Sequence[int]) -> str | None:
@@ -148,7 +180,8 @@ def summarize(a: Candidate, b: Candidate, lines: list[dict[str, Any]], unjudged:
     """The scores.json pairwise entry of one pair: rates, CIs, inconsistency, lengths and warnings."""
     winners = [ln["winner"] for ln in lines]
     wa, wb = [ln["words_a"] for ln in lines], [ln["words_b"] for ln in lines]
-    out: dict[str, Any] = {"a": a.name, "b": b.name, **rates(winners, seed, resamples)}
+    out: dict[str, Any] = {"a": a.name, "b": b.name, **rates(winners, seed, resamples),
+                           **weighted(lines, seed, resamples)}
     n = len(lines)
     out["inconsistent"] = round(sum(1 for ln in lines if not ln["consistent"]) / n, 4) if n else None
     out["unjudged"] = unjudged

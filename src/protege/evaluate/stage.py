@@ -114,7 +114,7 @@ def _judge_all(cfg: RunConfig, store: RunStore, judged: list[tuple[EvalSet, list
     n_calls = 2 * sum(sum(1 for x, y in zip(answers[j.set.name][j.a], answers[j.set.name][j.b])
                           if x.answer is not None and y.answer is not None) for j in jobs)
     pairwise.judge_pairs(jobs, answers, judge_cfg, store.calls_db, cfg.eval.judge_max_tokens, judge_id,
-                         bar(f"judging {len(jobs)} pair(s)", n_calls))
+                         bar(f"judging {len(jobs)} pair(s)", n_calls), weighted=cfg.eval.judge_weighted)
     with store.judgements.open("a", encoding="utf-8") as f:
         for job in jobs:
             for ln in job.lines:

@@ -7,6 +7,7 @@ no verdict (the caller records that as unjudged, never as a guess). Parsers are 
 
 from __future__ import annotations
 
+import math
 import re
 
 from protege.prompts import Template, load
@@ -68,6 +69,44 @@ def parse_pairwise(text: str) -> tuple[str, str] | None:
     v = m.group(m.lastindex or 1).upper()
     verdict = {"A": "A", "B": "B", "TIE": "tie", "C": "tie"}[v]
     return verdict, _reason(text[: m.start()] + text[m.end():])
+
+
+_CLASSES = {"a": "A", "b": "B", "tie": "tie", "c": "tie"}  # [[C]] is MT-bench's tie
+
+
+def verdict_probs(logprobs: list[list[object]] | None, min_mass: float = 0.5) -> dict[str, float] | None:
+    """{"A", "B", "tie"} -> probability the judge gave each verdict, read where it wrote the verdict; or None.
+
+    `logprobs` is a completion's `[[token, {alternative: logprob}], ...]` (teachers.base.read_logprobs). The verdict
+    is found as `parse_pairwise` finds it (the last one), in the text the tokens spell; the alternatives of the token
+    that holds it are mapped to A, B or tie by their letters (" A", "A", "[[A" all read A; " tie" and "C" read tie)
+    and renormalised. None when there are no logprobs, no verdict, or the alternatives that name a verdict hold
+    less than `min_mass` of the probability (the judge was not choosing between verdicts there).
+    """
+    if not logprobs:
+        return None
+    tokens = [str(t[0]) for t in logprobs]
+    text = "".join(tokens)
+    found = list(_VERDICT_RX.finditer(text)) or list(_BRACKET_RX.finditer(text))
+    if not found:
+        return None
+    m = found[-1]
+    at = m.start(m.lastindex or 1)
+    end = 0
+    for k, tok in enumerate(tokens):
+        end += len(tok)
+        if end > at:
+            break
+    alts = logprobs[k][1] if isinstance(logprobs[k][1], dict) else {}
+    mass = {"A": 0.0, "B": 0.0, "tie": 0.0}
+    for tok, lp in alts.items():
+        cls = _CLASSES.get(re.sub(r"[^a-z]", "", str(tok).lower()))
+        if cls is not None:
+            mass[cls] += math.exp(float(lp))
+    total = sum(mass.values())
+    if total < min_mass:
+        return None
+    return {c: v / total for c, v in mass.items()}
 
 
 _RATING_RX = re.compile(r"(?:rating|score)\s*\**\s*[:=]?\s*\**\s*\[?\[?\s*(10|[1-9])(?:\.\d+)?\s*\]?\]?(?:\s*(?:/|out of)\s*10)?",

@@ -62,7 +62,11 @@ class Request:
 
 @dataclass
 class Completion:
-    """The teacher's answer. `model` is the model name/version the API reports."""
+    """The teacher's answer. `model` is the model name/version the API reports.
+
+    `logprobs`, only when the request asked for them (`sampling: {logprobs: true, top_logprobs: k}`) and the
+    backend returned them: one `[token, {alternative: logprob}]` per generated token, the token itself included.
+    """
 
     text: str
     finish_reason: str | None = None
@@ -70,6 +74,47 @@ class Completion:
     completion_tokens: int = 0
     model: str | None = None
     latency_s: float = 0.0
+    logprobs: list[list[Any]] | None = None
+
+
+def completions_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
+    """Sampling for a plain completions API: there `logprobs` is the number of alternatives (chat's `top_logprobs`)."""
+    if not sampling.get("logprobs"):
+        return {k: v for k, v in sampling.items() if k != "top_logprobs"}
+    out = {k: v for k, v in sampling.items() if k not in ("logprobs", "top_logprobs")}
+    out["logprobs"] = int(sampling.get("top_logprobs") or 1)
+    return out
+
+
+def read_logprobs(choice: dict[str, Any]) -> list[list[Any]] | None:
+    """`[[token, {alternative: logprob}], ...]` from one choice of an OpenAI-shaped reply, or None.
+
+    Reads the chat shape (`logprobs.content[i].top_logprobs`, a list of {token, logprob}) and the completions
+    shape (`logprobs.tokens` with `logprobs.top_logprobs`, a list of {token: logprob}), as OpenAI, vLLM, llama.cpp's
+    server and llama-cpp-python write them. Anything else gives None (the caller treats it as not returned).
+    """
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        return None
+    out: list[list[Any]] = []
+    try:
+        if isinstance(lp.get("content"), list):
+            for t in lp["content"]:
+                alts = {str(a["token"]): float(a["logprob"]) for a in (t.get("top_logprobs") or [])}
+                alts.setdefault(str(t["token"]), float(t["logprob"]))
+                out.append([str(t["token"]), alts])
+        elif isinstance(lp.get("tokens"), list):
+            tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
+            for tok, top, own in zip(lp["tokens"], tops, lp.get("token_logprobs") or [None] * len(lp["tokens"])):
+                alts = {str(k): float(v) for k, v in (top or {}).items()}
+                if own is not None:
+                    alts.setdefault(str(tok), float(own))
+                out.append([str(tok), alts])
+        else:
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return out or None
 
 
 class TeacherError(Exception):

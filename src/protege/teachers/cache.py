@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS responses (
     model_version TEXT,
     latency_s REAL,
     cost_usd REAL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    logprobs TEXT
 );
 CREATE TABLE IF NOT EXISTS calls (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -78,25 +79,31 @@ class CallLog:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(responses)")}
+        if "logprobs" not in columns:  # a call log written before answers kept their token probabilities
+            self._db.execute("ALTER TABLE responses ADD COLUMN logprobs TEXT")
 
     def get(self, key: str) -> CachedAnswer | None:
         """The cached answer for a key (primary-key lookup: the fast path for reruns)."""
         row = self._db.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens, model_version, latency_s, cost_usd "
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens, model_version, latency_s, cost_usd, logprobs "
             "FROM responses WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        text, finish, pt, ct, version, latency, cost = row
-        return CachedAnswer(Completion(text, finish, pt or 0, ct or 0, version, latency or 0.0), cost)
+        text, finish, pt, ct, version, latency, cost, logprobs = row
+        return CachedAnswer(Completion(text, finish, pt or 0, ct or 0, version, latency or 0.0,
+                                       json.loads(logprobs) if logprobs else None), cost)
 
     def put(self, key: str, model: str, request: dict[str, Any], completion: Completion,
             cost_usd: float | None) -> None:
         """Store an answer and commit at once (it survives a kill -9 of this process)."""
         self._db.execute(
-            "INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO responses (key, model, request, text, finish_reason, prompt_tokens, "
+            "completion_tokens, model_version, latency_s, cost_usd, created, logprobs) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (key, model, json.dumps(request, ensure_ascii=False), completion.text, completion.finish_reason,
              completion.prompt_tokens, completion.completion_tokens, completion.model, completion.latency_s,
-             cost_usd, time.time()))
+             cost_usd, time.time(),
+             json.dumps(completion.logprobs, ensure_ascii=False) if completion.logprobs is not None else None))
 
     def log_call(self, *, key: str, model: str, attempt: int, status: str, http_status: int | None = None,
                  error: str | None = None, latency_s: float | None = None, prompt_tokens: int = 0,

@@ -56,18 +56,32 @@ class HFTeacher:
                                       "do_sample": temp > 0}
         if temp > 0:
             gen_kwargs.update(temperature=temp, top_p=float(s.get("top_p", 1.0)))
+        top = int(s.get("top_logprobs") or 1) if s.get("logprobs") else 0
         with torch.inference_mode():
-            out = self.model.generate(**enc, **gen_kwargs)
-        new = out[:, enc["input_ids"].shape[1]:]
+            out = self.model.generate(**enc, **gen_kwargs, output_scores=bool(top), return_dict_in_generate=True)
+        new = out.sequences[:, enc["input_ids"].shape[1]:]
         eos = set(self._eos_ids())
         results = []
-        for row, mask in zip(new.tolist(), enc["attention_mask"]):
+        for b, (row, mask) in enumerate(zip(new.tolist(), enc["attention_mask"])):
             n = next((i for i, t in enumerate(row) if t in eos), None)
             tokens = row if n is None else row[:n]
             finish = "stop" if n is not None or len(tokens) < max_new else "length"
             results.append(Completion(self.tok.decode(tokens, skip_special_tokens=True), finish,
-                                      int(mask.sum()), len(tokens), self.name))
+                                      int(mask.sum()), len(tokens), self.name,
+                                      logprobs=self._logprobs(out.scores, b, tokens, top) if top else None))
         return results
+
+    def _logprobs(self, scores: Any, b: int, tokens: list[int], top: int) -> list[list[Any]]:
+        """`[[token, {alternative: logprob}], ...]` of row b, as an OpenAI-compatible server reports them (the scores
+        are the logits generate chose from: raw under greedy decoding)."""
+        out: list[list[Any]] = []
+        for step, tok in enumerate(tokens):
+            lp = self._torch.log_softmax(scores[step][b].float(), dim=-1)
+            vals, ids = lp.topk(top)
+            alts = {self.tok.decode([i]): float(v) for i, v in zip(ids.tolist(), vals.tolist())}
+            alts.setdefault(self.tok.decode([tok]), float(lp[tok]))
+            out.append([self.tok.decode([tok]), alts])
+        return out
 
     def _eos_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from protege.teachers.base import Completion, Request
+from protege.teachers.base import Completion, Request, read_logprobs
 
 
 class MicroBatcher:
@@ -74,4 +74,5 @@ def from_openai_dict(out: dict[str, Any], model: str, chat: bool) -> Completion:
     text = choice["message"]["content"] if chat else choice["text"]
     usage = out.get("usage") or {}
     return Completion(text or "", choice.get("finish_reason"), int(usage.get("prompt_tokens", 0)),
-                      int(usage.get("completion_tokens", 0)), out.get("model") or model)
+                      int(usage.get("completion_tokens", 0)), out.get("model") or model,
+                      logprobs=read_logprobs(choice))

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from protege.errors import UserError
-from protege.teachers.base import Completion, Request, TeacherError
+from protege.teachers.base import Completion, Request, TeacherError, completions_sampling, read_logprobs
 
 _DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Keys that providers echo back partly masked in error bodies (e.g. "sk-abc***xyz").
@@ -159,7 +159,7 @@ class OpenAITeacher:
             # we read five fields. The reply is read with `json.loads` (see _read_reply).
             resp = await self._client.post("/completions" if completions else "/chat/completions",
                                            body=body, cast_to=self._raw_response, options=self._options)
-            text, finish, prompt_tokens, completion_tokens, version = _read_reply(resp.content, completions)
+            text, finish, prompt_tokens, completion_tokens, version, logprobs = _read_reply(resp.content, completions)
         except openai.APIStatusError as err:
             raise self._status_error(err) from None
         except openai.APIConnectionError as err:  # APITimeoutError included
@@ -174,7 +174,7 @@ class OpenAITeacher:
             raise TeacherError("reply without text (no choices or null content)", retryable=True)
         return Completion(text=text, finish_reason=finish, prompt_tokens=prompt_tokens,
                           completion_tokens=completion_tokens, model=version or self.model,
-                          latency_s=time.perf_counter() - t0)
+                          latency_s=time.perf_counter() - t0, logprobs=logprobs)
 
     def _body(self, request: Request, completions: bool) -> dict[str, Any]:
         """The JSON body `chat.completions.create()` / `completions.create()` would send."""
@@ -183,7 +183,7 @@ class OpenAITeacher:
             body["prompt"] = request.prompt if request.prompt is not None else _flatten(request.messages or [])
         else:
             body["messages"] = request.messages or []
-        for k, v in request.sampling.items():
+        for k, v in (completions_sampling(request.sampling) if completions else request.sampling).items():
             if v is not None:
                 body[k] = v
         if request.json_mode and not completions:
@@ -320,8 +320,8 @@ def _http_client(http: str, limits: Any, timeout_s: float) -> Any:
     return openai.DefaultAioHttpClient(limits=limits, timeout=timeout_s, follow_redirects=False)
 
 
-def _read_reply(content: bytes, completions: bool) -> tuple[Any, Any, int, int, Any]:
-    """(text, finish_reason, prompt_tokens, completion_tokens, model) of a completion reply.
+def _read_reply(content: bytes, completions: bool) -> tuple[Any, Any, int, int, Any, list[list[Any]] | None]:
+    """(text, finish_reason, prompt_tokens, completion_tokens, model, logprobs) of a completion reply.
 
     Raises ValueError/TypeError/AttributeError/KeyError on a body that is not the expected
     JSON object; `text` is whatever the reply holds (the caller insists on a string).
@@ -334,7 +334,7 @@ def _read_reply(content: bytes, completions: bool) -> tuple[Any, Any, int, int, 
     text = choice.get("text") if completions else (choice.get("message") or {}).get("content")
     usage = data.get("usage") or {}
     return (text, choice.get("finish_reason"), int(usage.get("prompt_tokens") or 0),
-            int(usage.get("completion_tokens") or 0), data.get("model"))
+            int(usage.get("completion_tokens") or 0), data.get("model"), read_logprobs(choice))
 
 
 def _flatten(messages: list[dict[str, str]]) -> str:

@@ -6,7 +6,8 @@
 1. `protege demo DIR` through the real CLI (a fresh DIR measures everything; an existing one resumes), with
    `--set` overrides after the demo's own settings (the lever being measured): wall time and peak RSS of the
    whole command, the run's data sizes, and the verdict it printed (student vs base on the held-out split,
-   judged by the teacher in both orders, ties split; ROUGE-L of each to the held-out answers).
+   judged by the teacher in both orders: the probability-weighted win rate, and the hard verdicts with ties
+   split; ROUGE-L of each to the held-out answers).
 2. With --ifeval: the out-of-domain check on the first N IFEval prompts (greedy, --ifeval-tokens new tokens,
    lm-eval's checker), student and base, through `protege eval` on the same run. The demo's own eval files
    are kept: they are copied aside and restored, the IFEval scores go to DIR/quality/ifeval_scores.json.
@@ -62,7 +63,8 @@ def ifeval(d: Path, src: Path, n: int, tokens: int) -> dict[str, Any]:
     rows = [x for x in src.read_text(encoding="utf-8").splitlines() if x.strip()][:n]
     first.write_text("\n".join(rows) + "\n", encoding="utf-8")
     try:
-        seconds, _ = run(PROTEGE + ["eval", "-c", str(run_dir / "config.yaml"), "--set", f"eval.sets=[{first}]",
+        # absolute: eval.sets are read relative to the config file, which lives in run_dir
+        seconds, _ = run(PROTEGE + ["eval", "-c", str(run_dir / "config.yaml"), "--set", f"eval.sets=[{first.resolve()}]",
                                     "--set", "eval.test_split=false", "--set", f"eval.max_new_tokens={tokens}",
                                     "--set", "eval.candidates=[student, base]"])
         scores = json.loads((ev / "scores.json").read_text(encoding="utf-8"))
@@ -116,8 +118,11 @@ def main() -> None:
     ife_txt = (f"{ife['student']['instruction_strict']:.3f} vs {ife['base']['instruction_strict']:.3f}"
                if ife else "not run")
     sp = result["splits"]
+    wci = p.get("win_rate_weighted_ci")
+    weighted = (f"{p['win_rate_weighted']:.0%} [{wci[0]:.0%}-{wci[1]:.0%}]" if p.get("win_rate_weighted") is not None
+                else "no probabilities")
     row = (f"| `{' '.join(a.sets) or 'defaults'}` | {sp['train']}/{sp['test']} | {wall / 60:.1f} min, {peak:.1f} GiB | "
-           f"{p['win']:.0%} / {p['tie']:.0%} / {p['loss']:.0%} | {p['win_rate_ties_split']:.0%} "
+           f"{weighted} | {p['win']:.0%} / {p['tie']:.0%} / {p['loss']:.0%} | {p['win_rate_ties_split']:.0%} "
            f"[{ci[0]:.0%}-{ci[1]:.0%}] | {p['inconsistent']:.0%} | "
            f"{result['rouge']['student']:.3f} vs {result['rouge']['base']:.3f} | "
            f"{result['capped']['student']} vs {result['capped']['base']} | {ife_txt} |")

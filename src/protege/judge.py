@@ -10,7 +10,7 @@ judge returns token probabilities (`weighted`), each pair also gets a's preferen
 each verdict where it wrote it (as AlpacaEval 2's weighted win rate), a's share (ties halved) averaged over the two
 orders, which cancels a position bias that shifts both orders alike (Wang et al. 2023, "Large Language Models are
 not Fair Evaluators": balanced position calibration). A small judge that names the first answer in both orders
-leaves no hard verdict, but how much less sure it is when the better answer comes second is a measurement. Given a
+leaves no hard verdict, while its probabilities still carry whatever preference it has beyond the position. Given a
 reference answer (a held-out task's own output), the judge sees it too (MT-bench's reference-guided pairwise
 prompt): a small judge checks answers against it far more reliably than it solves the task itself.
 """

@@ -147,6 +147,12 @@ def test_headline_parts_and_omissions() -> None:
     scores["cost"]["teacher"]["kind"] = "openai"  # an API teacher without prices: no ratio claimed
     scores["sets"] = scores["sets"][:1]
     assert headline(scores).endswith("base 20% [10%-30%]")
+    # a judge that gave probabilities: the weighted win rates replace "wins or ties" (which all-tie judges inflate)
+    pairs = scores["sets"][0]["pairwise"]
+    pairs[1].update(win_rate_weighted=0.4812, win_rate_weighted_ci=[0.47, 0.49])
+    pairs[2].update(win_rate_weighted=0.3, win_rate_weighted_ci=[0.25, 0.35])
+    assert headline(scores) == ("student win rate 48% [47%-49%] against the teacher on 20 held-out tasks (the judge's "
+                                "probabilities, both orders), base 30% [25%-35%]")
     scores["sets"][0]["pairwise"] = []
     assert "nothing was judged" in headline(scores)
 

@@ -1,7 +1,8 @@
 """The one line `protege eval` ends with, built from scores.json alone (parts not computed are left out):
 
 "student wins or ties X% [CI] against the teacher on N held-out tasks, base Y% [CI];
- IFEval strict A vs B vs C; Z times cheaper per request", or with only the base to compare with (the demo)
+ IFEval strict A vs B vs C; Z times cheaper per request" ("student win rate X% [CI] against the teacher ... (the
+ judge's probabilities, both orders), base Y% [CI]" when the judge gave probabilities), or with only the base to compare with (the demo)
 "student vs base on N held-out tasks: win rate X% [CI] (the judge's probabilities, both orders); ..."
 """
 
@@ -39,9 +40,15 @@ def _judged(scores: dict[str, Any]) -> str | None:
                 continue
             return (f"{anchor} vs base on {where}: " + _rate(vs_base) + _rouge(s, anchor, "base"))
         against = {"teacher": "the teacher", "reference": "the reference answers"}.get(target, target)
+        base = _find(pairs, "base", target) if anchor != "base" else None
+        if first.get("win_rate_weighted") is not None:
+            text = (f"{anchor} win rate {_pct(first['win_rate_weighted'], first.get('win_rate_weighted_ci'))} "
+                    f"against {against} on {where} (the judge's probabilities, both orders)")
+            if base is not None and base.get("win_rate_weighted") is not None:
+                text += f", base {_pct(base['win_rate_weighted'], base.get('win_rate_weighted_ci'))}"
+            return text
         text = (f"{anchor} wins or ties {_pct(first['win_or_tie'], first['win_or_tie_ci'])} against {against} "
                 f"on {where}")
-        base = _find(pairs, "base", target) if anchor != "base" else None
         if base is not None:
             text += f", base {_pct(base['win_or_tie'], base['win_or_tie_ci'])}"
         return text

@@ -55,7 +55,8 @@ def _data(path: Path) -> Path:
 def _cfg(tmp: Path, name: str, student: str, grad_accum: int) -> Path:
     cfg = {"run_dir": f"run_{name}", "student": {"model": student},
            "train": {"data": "d.jsonl", "preset": "cpu", "max_steps": STEPS, "save_every": 2, "batch_size": 2,
-                     "grad_accum": grad_accum, "max_seq_len": 128, "lr": 1e-3}}
+                     "grad_accum": grad_accum, "max_seq_len": 128, "lr": 1e-3,
+                     "bf16": False}}  # fp32: the comparison is to 1e-3; bf16 autocast (a bf16 CPU's default) is coarser
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -61,11 +61,18 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT back to its default. A test suite started in the background by a
+    non-interactive shell (`.ci/run &`) inherits SIGINT ignored, and Python then installs no Ctrl-C handler,
+    so a SIGINT test would measure the shell's job control instead of protege."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """The real `protege` command as a background process (to kill it)."""
+    """The real `protege` command as a background process (to kill it), with SIGINT as a user's terminal has it."""
     return subprocess.Popen([sys.executable, "-m", "protege.cli", *args], cwd=cwd, env=env or cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
 
 
 def wait_for(pred, timeout: float = 60.0, step: float = 0.02) -> bool:

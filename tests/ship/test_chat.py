@@ -27,6 +27,9 @@ class Terminal:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: the real CLI
             os.chdir(REPO)
+            # SIGINT as a user's terminal has it: a suite started in the background (`.ci/run &`) inherits SIGINT
+            # ignored, and Python would then install no Ctrl-C handler in the chat
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execv(sys.executable, [sys.executable, *argv])
         self.buffer = ""
         self.reads: list[tuple[float, str]] = []

@@ -12,11 +12,12 @@ over the pairs with a bootstrap 95% interval, and how many pairs lean each way:
 - `closer`: the same two orders, asking only which answer is closer to the reference (the held-out answer);
 - `no-reference`: the pairwise prompt without the reference;
 - `graded`: no pair at all: each answer graded 1-5 against the reference on its own (no position to be biased
-  by); the preference is P(student's grade > base's) + half P(equal), from the two grade distributions.
+  by); the preference is P(student's grade > base's) + half P(equal), from the two grade distributions;
+- `graded-no-reference`: the same without the reference (usable for the sanity check below).
 
 `--teacher-vs-base` is the judge's sanity check: the held-out answers (the teacher's own) take the student's place,
 so a judge worth its verdicts must prefer them to the base's; only `no-reference` makes sense there (the other
-variants would show the judge the answer as its own reference).
+variants would show the judge the answer as its own reference); so does `graded-no-reference`.
 
 Answers go to RUN_DIR/bench_judge.sqlite (a rerun asks nothing twice; the run's own call log is untouched).
 Quality numbers are noisy benchmark results, never test assertions.
@@ -52,6 +53,10 @@ NO_REFERENCE = ("[User request]\n{instruction}\n\n[Answer A]\n{answer_a}\n\n[Ans
                 "follows the request better: correct, complete, and no longer than needed? An answer that repeats "
                 "itself or does not stop is worse.\n" + VERDICT_FORM)
 GRADER_SYSTEM = "You are a strict grader. You compare an assistant's answer with a reference answer written by an expert."
+GRADED_NO_REFERENCE = ("[Question]\n{instruction}\n\n[Assistant's answer]\n{answer}\n\nHow good is the assistant's "
+                       "answer? 1 = wrong, unrelated, repetitive or unfinished; 3 = partly right; 5 = correct, complete "
+                       "and concise.\nReply with the score first:\nScore: <1-5>\nReason: <one short sentence>")
+GRADER_NO_REFERENCE_SYSTEM = "You are a strict grader of AI assistants' answers."
 GRADED = ("[Question]\n{instruction}\n\n[Reference answer]\n{reference}\n\n[Assistant's answer]\n{answer}\n\nHow good "
           "is the assistant's answer, judged against the reference answer? 1 = wrong, unrelated, repetitive or "
           "unfinished; 3 = partly right; 5 = as correct and complete as the reference.\nReply with the score first:\n"
@@ -117,10 +122,12 @@ def grade_distribution(logprobs: list[list[Any]] | None) -> np.ndarray | None:
     return d / d.sum() if d.sum() >= 0.5 else None
 
 
-def graded_preferences(items: list[dict[str, str]], cfg: TeacherConfig, db: Path) -> tuple[list[float], list[str]]:
-    reqs = [Request(messages=[{"role": "system", "content": GRADER_SYSTEM},
-                              {"role": "user", "content": GRADED.format(instruction=it["instruction"],
-                                                                        reference=it["reference"], answer=it[c])}],
+def graded_preferences(items: list[dict[str, str]], cfg: TeacherConfig, db: Path,
+                       reference: bool = True) -> tuple[list[float], list[str]]:
+    system, text = (GRADER_SYSTEM, GRADED) if reference else (GRADER_NO_REFERENCE_SYSTEM, GRADED_NO_REFERENCE)
+    reqs = [Request(messages=[{"role": "system", "content": system},
+                              {"role": "user", "content": text.format(instruction=it["instruction"],
+                                                                      reference=it["reference"], answer=it[c])}],
                     sampling=GRADE_SAMPLING) for it in items for c in ("student", "base")]
     res = complete_all(cfg, reqs, db)
     prefs, means = [], []
@@ -140,7 +147,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--variant", nargs="+", default=["shipped", "closer", "no-reference", "graded"],
-                    choices=["shipped", "closer", "no-reference", "graded"])
+                    choices=["shipped", "closer", "no-reference", "graded", "graded-no-reference"])
     ap.add_argument("--judge", default="qwen2.5-coder-1.5b-instruct", help="an offline GGUF model (llama.cpp)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--teacher-vs-base", action="store_true",
@@ -149,16 +156,17 @@ def main() -> None:
     items = pairs(a.run_dir)
     if a.teacher_vs_base:
         items = [{**it, "student": it["reference"]} for it in items]
-        if set(a.variant) - {"no-reference"}:
-            raise SystemExit("--teacher-vs-base: only --variant no-reference compares without showing the answer itself")
+        if set(a.variant) - {"no-reference", "graded-no-reference"}:
+            raise SystemExit("--teacher-vs-base: only --variant no-reference or graded-no-reference compare without "
+                             "showing the answer itself")
     cfg = TeacherConfig(kind="llamacpp", model=a.judge, n_threads=a.threads, n_ctx=4096)
     db = a.run_dir / "bench_judge.sqlite"
     print(f"{len(items)} held-out pairs from {a.run_dir}; judge {a.judge}"
           + ("; the teacher's answers in the student's place" if a.teacher_vs_base else ""))
     for variant in a.variant:
         t = time.time()
-        if variant == "graded":
-            prefs, detail = graded_preferences(items, cfg, db)
+        if variant.startswith("graded"):
+            prefs, detail = graded_preferences(items, cfg, db, reference=variant == "graded")
             what = "expected grade student/base"
         else:
             prefs, detail = pairwise_preferences(complete_all(cfg, both_orders(items, variant), db))

@@ -52,6 +52,23 @@ CLOSER = ("[User request]\n{instruction}\n\n[Reference answer]\n{reference}\n\n[
 NO_REFERENCE = ("[User request]\n{instruction}\n\n[Answer A]\n{answer_a}\n\n[Answer B]\n{answer_b}\n\nWhich answer "
                 "follows the request better: correct, complete, and no longer than needed? An answer that repeats "
                 "itself or does not stop is worse.\n" + VERDICT_FORM)
+COT_FORM = ("First write two or three short sentences on what each answer gets right and wrong. Then, on the last "
+            "line, give the verdict in exactly this form:\nVerdict: <A, B or tie>")
+COT = ("[User request]\n{instruction}\n\n[Reference answer]\n{reference}\n\n[Answer A]\n{answer_a}\n\n[Answer B]\n"
+       "{answer_b}\n\nUse the reference answer to check what a correct and complete answer contains. Which answer "
+       "follows the request better: correct, complete, and no longer than needed? An answer that repeats itself or "
+       "does not stop is worse.\n" + COT_FORM)
+COT_NO_REFERENCE = ("[User request]\n{instruction}\n\n[Answer A]\n{answer_a}\n\n[Answer B]\n{answer_b}\n\nWhich "
+                    "answer follows the request better: correct, complete, and no longer than needed? An answer that "
+                    "repeats itself or does not stop is worse.\n" + COT_FORM)
+COT_SAMPLING = {**SAMPLING, "max_tokens": 200}
+YES_SYSTEM = "You are a strict grader of AI assistants' answers."
+YES_NO_REFERENCE = ("[Question]\n{instruction}\n\n[Assistant's answer]\n{answer}\n\nIs this a correct, complete and "
+                    "concise answer to the question (not repetitive, not unfinished)? Reply Yes or No.")
+YES = ("[Question]\n{instruction}\n\n[Reference answer]\n{reference}\n\n[Assistant's answer]\n{answer}\n\nJudged "
+       "against the reference answer, is the assistant's answer correct, complete and concise (not repetitive, not "
+       "unfinished)? Reply Yes or No.")
+YES_SAMPLING = {**SAMPLING, "max_tokens": 1}
 GRADER_SYSTEM = "You are a strict grader. You compare an assistant's answer with a reference answer written by an expert."
 GRADED_NO_REFERENCE = ("[Question]\n{instruction}\n\n[Assistant's answer]\n{answer}\n\nHow good is the assistant's "
                        "answer? 1 = wrong, unrelated, repetitive or unfinished; 3 = partly right; 5 = correct, complete "
@@ -82,6 +99,12 @@ def both_orders(items: list[dict[str, str]], variant: str) -> list[Request]:
             fields = {"instruction": it["instruction"], "answer_a": x, "answer_b": y, "reference": it["reference"]}
             if variant == "shipped":
                 msgs = prompts.render("judge_pairwise_ref", **fields)
+            elif variant.startswith("cot"):
+                text = COT if variant == "cot" else COT_NO_REFERENCE
+                msgs = [{"role": "system", "content": JUDGE_SYSTEM.split(",")[0] + "."},
+                        {"role": "user", "content": text.format(**fields)}]
+                reqs.append(Request(messages=msgs, sampling=COT_SAMPLING))
+                continue
             else:
                 system, text = ((JUDGE_SYSTEM, CLOSER) if variant == "closer"
                                 else (JUDGE_SYSTEM.split(",")[0] + ".", NO_REFERENCE))
@@ -143,11 +166,51 @@ def graded_preferences(items: list[dict[str, str]], cfg: TeacherConfig, db: Path
     return prefs, means
 
 
+def yes_preferences(items: list[dict[str, str]], cfg: TeacherConfig, db: Path,
+                    reference: bool = True) -> tuple[list[float], list[str]]:
+    """Each answer alone: P(Yes) at the judge's first token; the student's preference 0.5 + (P_s - P_b) / 2."""
+    text = YES if reference else YES_NO_REFERENCE
+    reqs = [Request(messages=[{"role": "system", "content": YES_SYSTEM},
+                              {"role": "user", "content": text.format(instruction=it["instruction"],
+                                                                      reference=it["reference"], answer=it[c])}],
+                    sampling=YES_SAMPLING) for it in items for c in ("student", "base")]
+    res = complete_all(cfg, reqs, db)
+
+    def p_yes(c: Any) -> float | None:
+        if not c.logprobs:
+            return None
+        m = {"yes": 0.0, "no": 0.0}
+        for tok, lp in c.logprobs[0][1].items():
+            k = re.sub(r"[^a-z]", "", str(tok).lower())
+            if k in m:
+                m[k] += math.exp(lp)
+        return m["yes"] / (m["yes"] + m["no"]) if m["yes"] + m["no"] >= 0.5 else None
+
+    prefs, detail = [], []
+    for k in range(len(items)):
+        ps, pb = p_yes(res[2 * k].completion), p_yes(res[2 * k + 1].completion)
+        prefs.append(0.5 if ps is None or pb is None else 0.5 + (ps - pb) / 2)
+        detail.append("?" if ps is None or pb is None else f"{ps:.2f}/{pb:.2f}")
+    return prefs, detail
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return c - h, c + h
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--variant", nargs="+", default=["shipped", "closer", "no-reference", "graded"],
-                    choices=["shipped", "closer", "no-reference", "graded", "graded-no-reference"])
+                    choices=["shipped", "closer", "no-reference", "graded", "graded-no-reference", "cot", "cot-no-reference",
+                             "yes", "yes-no-reference"])
     ap.add_argument("--judge", default="qwen2.5-coder-1.5b-instruct", help="an offline GGUF model (llama.cpp)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--teacher-vs-base", action="store_true",
@@ -156,7 +219,7 @@ def main() -> None:
     items = pairs(a.run_dir)
     if a.teacher_vs_base:
         items = [{**it, "student": it["reference"]} for it in items]
-        if set(a.variant) - {"no-reference", "graded-no-reference"}:
+        if set(a.variant) - {"no-reference", "graded-no-reference", "cot-no-reference", "yes-no-reference"}:
             raise SystemExit("--teacher-vs-base: only --variant no-reference or graded-no-reference compare without "
                              "showing the answer itself")
     cfg = TeacherConfig(kind="llamacpp", model=a.judge, n_threads=a.threads, n_ctx=4096)
@@ -165,7 +228,10 @@ def main() -> None:
           + ("; the teacher's answers in the student's place" if a.teacher_vs_base else ""))
     for variant in a.variant:
         t = time.time()
-        if variant.startswith("graded"):
+        if variant.startswith("yes"):
+            prefs, detail = yes_preferences(items, cfg, db, reference=variant == "yes")
+            what = "P(yes) student/base"
+        elif variant.startswith("graded"):
             prefs, detail = graded_preferences(items, cfg, db, reference=variant == "graded")
             what = "expected grade student/base"
         else:
@@ -174,8 +240,11 @@ def main() -> None:
         x = np.asarray(prefs)
         idx = np.random.default_rng(0).integers(0, len(x), size=(2000, len(x)))
         lo, hi = np.percentile(x[idx].mean(axis=1), [2.5, 97.5])
-        print(f"| {variant} | {len(x)} | {x.mean():.1%} [{lo:.1%}-{hi:.1%}] | {(x > 0.5).sum()} / {(x < 0.5).sum()} | "
-              f"{time.time() - t:.0f} s |")
+        wins, losses = int((x > 0.5).sum()), int((x < 0.5).sum())
+        lean = wins + (len(x) - wins - losses) / 2
+        wl, wh = wilson(lean, len(x))
+        print(f"| {variant} | {len(x)} | {x.mean():.1%} [{lo:.1%}-{hi:.1%}] | {wins} / {losses} | "
+              f"{lean / len(x):.0%} [{wl:.0%}-{wh:.0%}] | {time.time() - t:.0f} s |")
         print(f"    {what}: {' '.join(detail)}")
 
 

@@ -59,6 +59,9 @@ def test_demo_end_to_end_then_resumes_without_teacher_calls(tmp_path: Path) -> N
     lo, hi = pair["win_rate_weighted_ci"]
     assert lo <= pair["win_rate_weighted"] <= hi and "the judge's probabilities" in scores["headline"]
     assert "Verdict: " in first.stdout and scores["headline"][:30] in first.stdout
+    check = test_set["judge_check"]  # the teacher's held-out answers against the base's: can this judge tell?
+    assert (check["a"], check["b"], check["n"]) == ("reference", "base", test_set["n"])
+    assert isinstance(check["passed"], bool) and "judge check" in scores["headline"]
     assert scores["settings"]["max_new_tokens"] == 48  # --set applies after the demo's own settings
     db = d / "run" / "calls.sqlite"
     calls_before = sqlite3.connect(db).execute("select count(*) from calls").fetchone()[0]

@@ -305,6 +305,11 @@ class EvalConfig(_Block):
         True, description="ask the judge for its token probabilities (logprobs) and report a probability-weighted win "
                           "rate averaged over both orders, which a position-biased judge cannot void (llama.cpp, "
                           "OpenAI, vLLM, hf judges return them; false for a server that rejects logprobs)")
+    judge_check: bool = Field(
+        True, description="check the judge on each set with its own answers (a test split's: the teacher's): judge them "
+                          "against the base's, without showing them as reference; a judge that cannot prefer them cannot "
+                          "rank two students, and the headline says so (two more judge calls per prompt, where a base "
+                          "is a candidate; where a teacher or reference candidate is judged against the base, that pair is the check)")
     usd_per_hour: float | None = Field(
         None, ge=0, description="what the machine running local candidates costs per hour: prices self-hosted answers")
     in_run: bool = Field(False, description="`protege run` runs eval after train")

@@ -100,8 +100,11 @@ def test_tiny_real_eval_then_rerun_makes_no_model_calls(tmp_path: Path) -> None:
             if set_name == "mt_bench_question":  # turn 2 answered after the candidate's own turn 1
                 assert all(isinstance(x["answer"], list) and len(x["answer"]) == 2 for x in lines)
             assert all(x["hit_cap"] == (x["finish_reason"] == "length") for x in lines)
-    judged = [json.loads(x) for x in (ev / "judgements.jsonl").read_text().splitlines()]
-    assert len(judged) == 4 and all(JUDGEMENT_KEYS <= set(x) for x in judged)  # 2 test + 2 MT-bench items
+    lines = [json.loads(x) for x in (ev / "judgements.jsonl").read_text().splitlines()]
+    judged = [x for x in lines if x["a"] != "reference"]
+    checked = [x for x in lines if x["a"] == "reference"]  # the judge check: the sets' own answers vs the base's
+    assert len(judged) == 4 and all(JUDGEMENT_KEYS <= set(x) for x in lines)  # 2 test + 2 MT-bench items
+    assert [(x["set"], x["b"], x["reference"]) for x in checked if x["set"] == "test"] == [("test", "base", False)] * 2
     scores = json.loads((ev / "scores.json").read_text())
     assert first.stdout.strip().endswith(scores["headline"])
     test = scores["sets"][0]
@@ -110,6 +113,10 @@ def test_tiny_real_eval_then_rerun_makes_no_model_calls(tmp_path: Path) -> None:
     assert PAIR_KEYS <= set(pair) and (pair["a"], pair["b"], pair["n"]) == ("student", "base", 2)
     assert pair["win_or_tie_ci"][0] <= pair["win_or_tie"] <= pair["win_or_tie_ci"][1]
     assert any("self-preference" in w for w in pair["warnings"])  # the judge is the base model
+    check = test["judge_check"]
+    assert (check["a"], check["b"], check["n"]) == ("reference", "base", 2) and isinstance(check["passed"], bool)
+    assert ("judge check FAILED" in scores["headline"]) == (not check["passed"])
+    assert any("judge check failed" in w for w in check["warnings"]) == (not check["passed"])
     cand = test["candidates"]["student"]
     assert cand["reference"] == "set answers" and 0 <= cand["rougeL_vs_reference"] <= 1
     assert scores["judge"]["model"] == "smollm2-135m-instruct" and scores["judge"]["reference_guided"] is True

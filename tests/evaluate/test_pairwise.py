@@ -249,3 +249,60 @@ def test_reference_is_never_used_against_the_teacher_or_a_reference() -> None:
     assert not pairwise.use_reference(c("student", "student"), c("base", "base"), False)
     assert not pairwise.use_reference(c("student", "student"), c("teacher", "teacher"), True)
     assert not pairwise.use_reference(c("base", "base"), c("davinci", "reference"), True)
+
+
+def test_judge_check_runs_only_where_it_means_something() -> None:
+    s = EvalSet("test", "run:data/test.jsonl", "openai",
+                [EvalItem(str(i), [f"Task {i}"], [f"answer {i}"]) for i in range(3)])
+    student, base = Candidate("student", "student", "s"), Candidate("base", "base", "b")
+    own = pairwise.check_answers(s, [student, base])
+    assert [a.answer for a in own] == ["answer 0", "answer 1", "answer 2"] and own[0].candidate == pairwise.CHECK
+    assert pairwise.check_answers(s, [student]) is None  # no base to check against
+    # a teacher or reference candidate is already judged against the base: that pair is the check
+    assert pairwise.check_answers(s, [student, base, Candidate("teacher", "teacher", "t")]) is None
+    assert pairwise.check_answers(s, [student, base, Candidate("reference", "reference", "r")]) is None
+    assert pairwise.check_answers(_set(3), [student, base]) is None  # a set without answers of its own
+
+
+@pytest.mark.parametrize("policy, passed", [
+    (lambda a, b: "tie" if a.startswith("answer") == b.startswith("answer") else ("A" if a.startswith("answer")
+                                                                                   else "B"), True),
+    (lambda a, b: "A", False),  # names the first slot whatever it holds
+])
+def test_judge_check_passes_a_discerning_judge_and_flags_one_that_is_not(
+        monkeypatch: pytest.MonkeyPatch, policy: Callable[[str, str], str], passed: bool) -> None:
+    n = 6
+    s = EvalSet("test", "run:data/test.jsonl", "openai",
+                [EvalItem(str(i), [f"Task {i}"], [f"answer {i}"]) for i in range(n)])
+    monkeypatch.setattr(judge, "complete_all", scripted(policy))
+    own = pairwise.check_answers(s, [Candidate("student", "student", "s"), Candidate("base", "base", "b")])
+    answers = {pairwise.CHECK: own, "base": _answers("base", [f"rambling {i}" for i in range(n)])}
+    lines, unjudged, _ = _judge(s, pairwise.CHECK, "base", answers)
+    assert unjudged == 0 and not any(ln["reference"] for ln in lines)  # never shown its own answer as reference
+    check = pairwise.check_verdict(pairwise.summarize(Candidate(pairwise.CHECK, "reference", "own"),
+                                                      Candidate("base", "base", "b"), lines, 0, "judge-model", 0, 200))
+    assert check["passed"] is passed and check["check_ci"][0] <= check["check_rate"] <= check["check_ci"][1]
+    assert any("judge check failed" in w for w in check["warnings"]) is not passed
+    pair = {"a": "student", "b": "base", "n": n, "win": 0.0, "tie": 1.0, "loss": 0.0,
+            "win_rate_ties_split": 0.5, "win_rate_ties_split_ci": [0.5, 0.5]}
+    scores = {"sets": [{"name": "test", "n": n, "candidates": {"student": {}, "base": {}}, "ifeval": None,
+                        "pairwise": [pair], "judge_check": check}], "cost": {}}
+    text = headline(scores)
+    assert ("judge check passed" in text) is passed and ("judge check FAILED" in text) is not passed
+    assert text.endswith("the win rate is no evidence either way") is not passed
+
+
+def test_judge_check_read_off_a_teacher_or_reference_pair() -> None:
+    # base vs text-davinci-003, 49% [45%-53%] for the base: the reference's side is 51% [47%-55%], check failed
+    pair = {"a": "base", "b": "text_davinci_003", "n": 24, "win_rate_weighted": 0.49,
+            "win_rate_weighted_ci": [0.45, 0.53], "win_rate_ties_split": 0.5, "win_rate_ties_split_ci": [0.5, 0.5]}
+    check = pairwise.check_from_pair(pair)
+    assert (check["a"], check["b"], check["check_rate"], check["check_ci"]) == ("text_davinci_003", "base", 0.51,
+                                                                                 [0.47, 0.55])
+    assert check["passed"] is False and "text_davinci_003's answers" in check["warnings"][0]
+    passed = pairwise.check_from_pair({**pair, "win_rate_weighted": 0.2, "win_rate_weighted_ci": [0.1, 0.3]})
+    assert passed["passed"] is True and passed["check_rate"] == 0.8 and not passed["warnings"]
+    # a judge without probabilities: the hard verdicts with ties split stand in
+    hard = pairwise.check_from_pair({"a": "base", "b": "teacher", "n": 5, "win_rate_ties_split": 0.1,
+                                     "win_rate_ties_split_ci": [0.0, 0.3]})
+    assert hard["passed"] is True and hard["check_ci"] == [0.7, 1.0]

@@ -4,6 +4,8 @@
  IFEval strict A vs B vs C; Z times cheaper per request" ("student win rate X% [CI] against the teacher ... (the
  judge's probabilities, both orders), base Y% [CI]" when the judge gave probabilities), or with only the base to compare with (the demo)
 "student vs base on N held-out tasks: win rate X% [CI] (the judge's probabilities, both orders); ..."
+Where the set has a judge check (its own answers judged against the base's), the judged part ends with whether the
+judge passed it: a judge that cannot prefer the teacher's answers to the base's makes the win rate no evidence.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def _judged(scores: dict[str, Any]) -> str | None:
             vs_base = _find(pairs, anchor, "base")
             if vs_base is None:
                 continue
-            return (f"{anchor} vs base on {where}: " + _rate(vs_base) + _rouge(s, anchor, "base"))
+            return (f"{anchor} vs base on {where}: " + _rate(vs_base) + _rouge(s, anchor, "base") + _check(s))
         against = {"teacher": "the teacher", "reference": "the reference answers"}.get(target, target)
         base = _find(pairs, "base", target) if anchor != "base" else None
         if first.get("win_rate_weighted") is not None:
@@ -46,12 +48,12 @@ def _judged(scores: dict[str, Any]) -> str | None:
                     f"against {against} on {where} (the judge's probabilities, both orders)")
             if base is not None and base.get("win_rate_weighted") is not None:
                 text += f", base {_pct(base['win_rate_weighted'], base.get('win_rate_weighted_ci'))}"
-            return text
+            return text + _check(s)
         text = (f"{anchor} wins or ties {_pct(first['win_or_tie'], first['win_or_tie_ci'])} against {against} "
                 f"on {where}")
         if base is not None:
             text += f", base {_pct(base['win_or_tie'], base['win_or_tie_ci'])}"
-        return text
+        return text + _check(s)
     return None
 
 
@@ -63,6 +65,22 @@ def _rate(pair: dict[str, Any]) -> str:
         return (f"win rate {_pct(pair['win_rate_weighted'], pair.get('win_rate_weighted_ci'))} (the judge's "
                 f"probabilities, both orders); verdicts both orders agree on: {hard}")
     return f"{hard}; win rate with ties split {_pct(pair['win_rate_ties_split'], pair['win_rate_ties_split_ci'])}"
+
+
+def _check(s: dict[str, Any]) -> str:
+    """"; judge check passed/FAILED: ..." from the set's judge check (its own answers vs the base's), else ""."""
+    c = s.get("judge_check")
+    if not c or c.get("passed") is None:
+        return ""
+    if c["a"] != "reference":
+        own = "the teacher's answers" if c["a"] == "teacher" else f"{c['a']}'s answers"
+    else:
+        own = "the held-out answers" if s["name"] == "test" else f"{s['name']}'s own answers"
+    rate = _pct(c["check_rate"], c["check_ci"])
+    if c["passed"]:
+        return f"; judge check passed (it preferred {own} to the base's: {rate})"
+    return (f"; judge check FAILED (it preferred {own} to the base's only {rate}): this judge cannot tell good "
+            "answers from the base's here, so the win rate is no evidence either way")
 
 
 def _rouge(s: dict[str, Any], a: str, b: str) -> str:

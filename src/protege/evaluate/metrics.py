@@ -49,7 +49,7 @@ def set_entry(s: EvalSet, present: list[Candidate], answers: dict[str, list[Answ
             "grade_mean": None,
         }
     return {"name": s.name, "source": s.source, "format": s.format, "n": len(s.items), "candidates": per,
-            "pairwise": [], "ifeval": None, "notes": []}
+            "pairwise": [], "judge_check": None, "ifeval": None, "notes": []}
 
 
 def ifeval_scores(s: EvalSet, answers: dict[str, list[Answer]], seed: int

@@ -8,6 +8,10 @@ left out of the rates and counted as `unjudged`. With `reference` on, a single-t
 answer (a held-out task's output) shows it to the judge (MT-bench's reference-guided prompt); never for a pair
 holding the teacher or the reference itself, which would be judged against its own answer.
 
+The judge check (`eval.judge_check`): where a set has answers of its own and the base is a candidate, the set's
+answers are judged against the base's too, without reference; when the judge cannot prefer them (the interval
+of their win rate includes 50%), its verdicts on that set are flagged as no evidence either way.
+
 With `weighted` on and a judge that returns token probabilities, every prompt also gets a's preference (the
 judge's probabilities averaged over both orders, `judge.preference`) and the pair a probability-weighted win
 rate: the mean over prompts of that preference, or of the hard verdict (1 win, 0.5 tie, 0 loss) where the judge
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protege import judge
-from protege.evaluate.candidates import Answer, Candidate, words
+from protege.evaluate.candidates import Answer, Candidate, fixed_answers, words
 from protege.evaluate.sets import EvalItem, EvalSet
 from protege.evaluate.stats import bootstrap_means, rates
 
@@ -136,6 +140,57 @@ def _round(x: float | None) -> float | None:
 
 def _round_all(d: dict[str, float] | None) -> dict[str, float] | None:
     return None if d is None else {k: round(v, 4) for k, v in d.items()}
+
+
+CHECK = "reference"  # the set's own answers, judged against the base's in the judge check
+
+
+def check_answers(s: EvalSet, present: Sequence[Candidate]) -> list[Answer] | None:
+    """The set's own answers (a test split's: the teacher's) for the judge check, or None where there is none to run.
+
+    The check judges them against the base's answers, without showing them as reference: a judge worth its verdicts
+    prefers the answers the student learned from to the untuned base's. None without a base candidate, when a teacher
+    or reference candidate is already judged against the base (that pair is the check), or when the set has no
+    answers of its own.
+    """
+    if "base" not in {c.name for c in present} or {c.role for c in present} & {"teacher", "reference"}:
+        return None
+    return fixed_answers(Candidate(CHECK, "reference", "the set's own answers"), s)
+
+
+def _whose(name: str) -> str:
+    return "the set's own answers" if name == CHECK else f"{name}'s answers"
+
+
+def check_verdict(summary: dict[str, Any]) -> dict[str, Any]:
+    """The judge check's summary (a = the set's answers, b = the base) with `passed` and, when it failed, a warning.
+
+    Passed when the 95% interval of the set's answers' win rate over the base (probability-weighted where the judge
+    gave probabilities, else the hard verdicts with ties split) lies above 50%; None when nothing was judged.
+    """
+    rate, ci = summary.get("win_rate_weighted"), summary.get("win_rate_weighted_ci")
+    if rate is None:
+        rate, ci = summary.get("win_rate_ties_split"), summary.get("win_rate_ties_split_ci")
+    out = {**summary, "check_rate": rate, "check_ci": ci, "passed": None if ci is None else bool(ci[0] > 0.5)}
+    if out["passed"] is False:
+        out["warnings"] = [*summary.get("warnings", []),
+                           f"judge check failed: the judge preferred {_whose(summary['a'])} to the base's in only "
+                           f"{rate:.0%} [{ci[0]:.0%}-{ci[1]:.0%}] (50% = no preference): it cannot tell good answers "
+                           "from the base's here, so its win rates on this set are no evidence either way (use a "
+                           "stronger eval.judge)"]
+    return out
+
+
+def check_from_pair(summary: dict[str, Any]) -> dict[str, Any]:
+    """The judge check read off an existing pair (base, teacher or reference): the same rates seen from the other
+    side (a = the teacher or reference, b = the base), then `check_verdict`."""
+    out = {"a": summary["b"], "b": summary["a"], "n": summary.get("n"), "warnings": [], "from_pair": True}
+    for key in ("win_rate_weighted", "win_rate_ties_split"):
+        if summary.get(key) is not None:
+            out[key] = round(1 - summary[key], 4)
+            ci = summary.get(f"{key}_ci")
+            out[f"{key}_ci"] = None if ci is None else [round(1 - ci[1], 4), round(1 - ci[0], 4)]
+    return check_verdict(out)
 
 
 HARD = {"a": 1.0, "tie": 0.5, "b": 0.0}  # a hard verdict as a share, where the judge gave no probabilities

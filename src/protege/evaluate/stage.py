@@ -103,23 +103,29 @@ def _answer_all(cfg: RunConfig, store: RunStore, sets: list[EvalSet], cands: lis
 
 def _judge_all(cfg: RunConfig, store: RunStore, judged: list[tuple[EvalSet, list[Candidate]]],
                answers: dict[str, dict[str, list[Answer]]], judge_cfg: Any, judge_id: str,
-               bar: Any) -> dict[str, list[dict[str, Any]]]:
-    """Judge every pair of every set in one engine pass; append the lines; {set name: pairwise summaries}."""
+               bar: Any) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """Judge every pair of every set, and the judge checks, in one engine pass; append the lines;
+    ({set name: pairwise summaries}, {set name: judge check summary})."""
     by_set = {s.name: {c.name: c for c in present} for s, present in judged}
     jobs = [pairwise.PairJob(s, a, b, reference=pairwise.use_reference(by_set[s.name][a], by_set[s.name][b],
                                                                        cfg.eval.judge_reference))
             for s, present in judged for a, b in pairwise.pairs(present)]
+    own = {s.name: got for s, present in judged
+           if cfg.eval.judge_check and (got := pairwise.check_answers(s, present)) is not None}
+    checks = [pairwise.PairJob(s, pairwise.CHECK, "base") for s, _ in judged if s.name in own]
     if not jobs:
-        return {}
+        return {}, {}
+    answers = {name: ({**got, pairwise.CHECK: own[name]} if name in own else got) for name, got in answers.items()}
     n_calls = 2 * sum(sum(1 for x, y in zip(answers[j.set.name][j.a], answers[j.set.name][j.b])
-                          if x.answer is not None and y.answer is not None) for j in jobs)
-    pairwise.judge_pairs(jobs, answers, judge_cfg, store.calls_db, cfg.eval.judge_max_tokens, judge_id,
-                         bar(f"judging {len(jobs)} pair(s)", n_calls), weighted=cfg.eval.judge_weighted)
+                          if x.answer is not None and y.answer is not None) for j in jobs + checks)
+    pairwise.judge_pairs(jobs + checks, answers, judge_cfg, store.calls_db, cfg.eval.judge_max_tokens, judge_id,
+                         bar(f"judging {len(jobs)} pair(s)" + (" and the judge check" if checks else ""), n_calls),
+                         weighted=cfg.eval.judge_weighted)
     with store.judgements.open("a", encoding="utf-8") as f:
-        for job in jobs:
+        for job in jobs + checks:
             for ln in job.lines:
                 f.write(json.dumps(ln, ensure_ascii=False) + "\n")
-    dead = next((j for j in jobs if j.unjudged and not j.lines), None)
+    dead = next((j for j in jobs + checks if j.unjudged and not j.lines), None)
     if dead is not None:
         raise UserError(f"eval: the judge ({judge_cfg.kind}: {judge_id}) could not judge {dead.a} vs {dead.b} on "
                         f"set {dead.set.name}: {dead.error}",
@@ -130,7 +136,17 @@ def _judge_all(cfg: RunConfig, store: RunStore, judged: list[tuple[EvalSet, list
         by_name = {c.name: c for c in present}
         out[s.name] = [pairwise.summarize(by_name[j.a], by_name[j.b], j.lines, j.unjudged, judge_id, cfg.eval.seed,
                                           cfg.eval.bootstrap) for j in jobs if j.set is s]
-    return out
+    own_cand = Candidate(pairwise.CHECK, "reference", "the set's own answers")
+    verdicts = {j.set.name: pairwise.check_verdict(pairwise.summarize(
+        own_cand, by_set[j.set.name]["base"], j.lines, j.unjudged, judge_id, cfg.eval.seed, cfg.eval.bootstrap))
+        for j in checks}
+    for s, present in judged:  # no check of its own: a teacher or reference judged against the base is the check
+        roles = {c.name: c.role for c in present}
+        against = next((p for p in out[s.name] if p["a"] == "base" and roles.get(p["b"]) in ("teacher", "reference")
+                        and p.get("n")), None)
+        if s.name not in verdicts and against is not None:
+            verdicts[s.name] = pairwise.check_from_pair(against)
+    return out, verdicts
 
 
 def _grade_all(cfg: RunConfig, store: RunStore, sets: list[EvalSet], answers: dict[str, dict[str, list[Answer]]],
@@ -189,8 +205,11 @@ def run(cfg: RunConfig, store: RunStore, console: Console | None = None,
                 store.judgements.unlink()  # rewritten whole (verdicts come back from the call log)
             if judge_cfg is not None:
                 judged = [(s, present[s.name]) for s in sets if s.format != "ifeval"]
-                for name, summaries in _judge_all(cfg, store, judged, answers, judge_cfg, judge_id, bar).items():
-                    entries[name]["pairwise"] = summaries
+                summaries, checks = _judge_all(cfg, store, judged, answers, judge_cfg, judge_id, bar)
+                for name, pairs in summaries.items():
+                    entries[name]["pairwise"] = pairs
+                for name, check in checks.items():
+                    entries[name]["judge_check"] = check
                 if cfg.eval.grade:
                     for name, grades in _grade_all(cfg, store, sets, answers, judge_cfg, judge_id, bar).items():
                         for cand, g in grades.items():
@@ -215,7 +234,7 @@ def run(cfg: RunConfig, store: RunStore, console: Console | None = None,
                 store.record_artifact(path, "eval")
         info.update(sets=[s.name for s in sets], candidates=[c.name for c in cands])
     for e in scores["sets"]:
-        for p in e["pairwise"]:
+        for p in e["pairwise"] + ([e["judge_check"]] if e.get("judge_check") else []):
             for w in p["warnings"]:
                 say(f"warning: {e['name']}: {p['a']} vs {p['b']}: {w}")
     return scores

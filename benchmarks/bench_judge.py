@@ -13,11 +13,18 @@ over the pairs with a bootstrap 95% interval, and how many pairs lean each way:
 - `no-reference`: the pairwise prompt without the reference;
 - `graded`: no pair at all: each answer graded 1-5 against the reference on its own (no position to be biased
   by); the preference is P(student's grade > base's) + half P(equal), from the two grade distributions;
-- `graded-no-reference`: the same without the reference (usable for the sanity check below).
+- `graded-no-reference`: the same without the reference (usable for the sanity check below);
+- `cot` / `cot-no-reference`: the pairwise question with the reasons first and the verdict on the last line
+  (200 tokens; the probabilities read at that last verdict), with and without the reference;
+- `yes` / `yes-no-reference`: no pair: each answer alone, "is it correct, complete and concise? Yes or No",
+  P(Yes) at the first token; the preference is 0.5 + (P_student - P_base) / 2.
+
+Besides the mean preference, each row gives the lean share (pairs leaning student, ties halved, over all pairs)
+with its Wilson 95% interval.
 
 `--teacher-vs-base` is the judge's sanity check: the held-out answers (the teacher's own) take the student's place,
 so a judge worth its verdicts must prefer them to the base's; only `no-reference` makes sense there (the other
-variants would show the judge the answer as its own reference); so does `graded-no-reference`.
+variants would show the judge the answer as its own reference); so do the other `-no-reference` variants.
 
 Answers go to RUN_DIR/bench_judge.sqlite (a rerun asks nothing twice; the run's own call log is untouched).
 Quality numbers are noisy benchmark results, never test assertions.
@@ -220,8 +227,8 @@ def main() -> None:
     if a.teacher_vs_base:
         items = [{**it, "student": it["reference"]} for it in items]
         if set(a.variant) - {"no-reference", "graded-no-reference", "cot-no-reference", "yes-no-reference"}:
-            raise SystemExit("--teacher-vs-base: only --variant no-reference or graded-no-reference compare without "
-                             "showing the answer itself")
+            raise SystemExit("--teacher-vs-base: only the -no-reference variants (no-reference, graded-no-reference, "
+                             "cot-no-reference, yes-no-reference) compare without showing the answer itself")
     cfg = TeacherConfig(kind="llamacpp", model=a.judge, n_threads=a.threads, n_ctx=4096)
     db = a.run_dir / "bench_judge.sqlite"
     print(f"{len(items)} held-out pairs from {a.run_dir}; judge {a.judge}"

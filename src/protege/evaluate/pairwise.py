@@ -143,6 +143,7 @@ def _round_all(d: dict[str, float] | None) -> dict[str, float] | None:
 
 
 CHECK = "reference"  # the set's own answers, judged against the base's in the judge check
+OWN = Candidate(CHECK, "reference", "the set's own answers")
 
 
 def check_answers(s: EvalSet, present: Sequence[Candidate]) -> list[Answer] | None:
@@ -155,7 +156,7 @@ def check_answers(s: EvalSet, present: Sequence[Candidate]) -> list[Answer] | No
     """
     if "base" not in {c.name for c in present} or {c.role for c in present} & {"teacher", "reference"}:
         return None
-    return fixed_answers(Candidate(CHECK, "reference", "the set's own answers"), s)
+    return fixed_answers(OWN, s)
 
 
 def _whose(name: str) -> str:
@@ -179,6 +180,14 @@ def check_verdict(summary: dict[str, Any]) -> dict[str, Any]:
                            "from the base's here, so its win rates on this set are no evidence either way (use a "
                            "stronger eval.judge)"]
     return out
+
+
+def check_from_pairs(summaries: Sequence[dict[str, Any]], present: Sequence[Candidate]) -> dict[str, Any] | None:
+    """The judge check of a set without one of its own: its base-vs-teacher (or reference) pair, where judged."""
+    roles = {c.name: c.role for c in present}
+    pair = next((p for p in summaries if p["a"] == "base" and roles.get(p["b"]) in ("teacher", "reference")
+                 and p.get("n")), None)
+    return None if pair is None else check_from_pair(pair)
 
 
 def check_from_pair(summary: dict[str, Any]) -> dict[str, Any]:

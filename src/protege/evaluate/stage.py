@@ -136,16 +136,12 @@ def _judge_all(cfg: RunConfig, store: RunStore, judged: list[tuple[EvalSet, list
         by_name = {c.name: c for c in present}
         out[s.name] = [pairwise.summarize(by_name[j.a], by_name[j.b], j.lines, j.unjudged, judge_id, cfg.eval.seed,
                                           cfg.eval.bootstrap) for j in jobs if j.set is s]
-    own_cand = Candidate(pairwise.CHECK, "reference", "the set's own answers")
     verdicts = {j.set.name: pairwise.check_verdict(pairwise.summarize(
-        own_cand, by_set[j.set.name]["base"], j.lines, j.unjudged, judge_id, cfg.eval.seed, cfg.eval.bootstrap))
+        pairwise.OWN, by_set[j.set.name]["base"], j.lines, j.unjudged, judge_id, cfg.eval.seed, cfg.eval.bootstrap))
         for j in checks}
     for s, present in judged:  # no check of its own: a teacher or reference judged against the base is the check
-        roles = {c.name: c.role for c in present}
-        against = next((p for p in out[s.name] if p["a"] == "base" and roles.get(p["b"]) in ("teacher", "reference")
-                        and p.get("n")), None)
-        if s.name not in verdicts and against is not None:
-            verdicts[s.name] = pairwise.check_from_pair(against)
+        if s.name not in verdicts and (check := pairwise.check_from_pairs(out[s.name], present)) is not None:
+            verdicts[s.name] = check
     return out, verdicts
 
 

@@ -111,3 +111,12 @@ def test_render_numbers_examples_and_asks_for_the_rest():
     assert '{"instruction": "Say hi.", "input": "", "output": "Hi!"}' in js and "{{" not in js
     assert "preferably under 40 words." in render(ex, 4, json_mode=True, output_words=40)
     assert template(True).sha256 != template(False).sha256
+
+
+def test_a_task_header_written_where_the_output_belongs_is_no_output():
+    # A real Qwen2.5-Coder-1.5B reply: every "Output:" is followed by the next "### Task 4" header on the same
+    # line, so no task has an output. Before, the header itself ("### Task 4") was kept as the output.
+    p = parse(raw("si_header_as_output.txt"), "stop")
+    assert p.tasks == []
+    assert [r for _, r in p.dropped] == ["malformed: no output"]
+    assert "detect diseases early" in p.dropped[0][0]

@@ -84,7 +84,9 @@ def _fields(block: str) -> dict[str, str]:
         if name in out:  # a second "Instruction:" means two tasks ran together: stop here
             break
         end = nxt.start() if nxt else len(block)
-        out[name] = _TRAILING_RULE.sub("", block[m.end():end]).strip()
+        value = block[m.end():end]
+        header = _HEADER.search(value)  # "Output: ### Task 5": the field is empty, the next task's header follows
+        out[name] = _TRAILING_RULE.sub("", value[:header.start()] if header else value).strip()
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protege.prompts.self_instruct import Task, parse, render, rule_reason, template
+from protege.prompts.self_instruct import VARIETY, Task, parse, render, rule_reason, template
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -120,3 +120,22 @@ def test_a_task_header_written_where_the_output_belongs_is_no_output():
     assert p.tasks == []
     assert [r for _, r in p.dropped] == ["malformed: no output"]
     assert "detect diseases early" in p.dropped[0][0]
+
+
+def test_variety_asks_for_many_kinds_of_task_or_for_the_seeds_own_kinds():
+    ex = [Task("Extract the city from the address. Reply with JSON.", "1 Main St, Leeds", '{"city": "Leeds"}')]
+    for json_mode in (False, True):
+        broad = render(ex, 3, json_mode)
+        seeds = render(ex, 3, json_mode, variety="seeds")
+        assert broad == render(ex, 3, json_mode, variety="broad")
+        assert "Cover many kinds of work" in broad and "Stay with the kinds of work" not in broad
+        assert "Stay with the kinds of work the examples show" in seeds and "Cover many kinds" not in seeds
+        assert broad.replace(VARIETY["broad"], VARIETY["seeds"]) == seeds  # nothing else differs
+
+
+def test_a_no_input_marker_written_as_the_output_is_no_output():
+    # Seen from the 1.5B teacher: "Output: <noinput>" for tasks that ask to write a recipe. "None" is a real answer.
+    p = parse("### Task 1\nInstruction: Write a recipe for pancakes.\nInput: <noinput>\nOutput: <noinput>\n\n"
+              "### Task 2\nInstruction: What does print() return in Python?\nInput: <noinput>\nOutput: None", "stop")
+    assert [(t.instruction, t.output) for t in p.tasks] == [("What does print() return in Python?", "None")]
+    assert [r for _, r in p.dropped] == ["malformed: no output"]

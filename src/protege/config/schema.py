@@ -124,6 +124,9 @@ class GenerateConfig(_Block):
                                "continued in the same conversation up to this many times (0: never)")
     output_words: int = Field(150, ge=5, le=5000, description="ask for outputs preferably under this many words "
                               "(Alpaca asked for under 100; shorter outputs cost fewer teacher tokens per task)")
+    variety: Literal["broad", "seeds"] = Field(
+        "broad", description="what kinds of task to ask for: broad = many kinds of work (Alpaca's prompt); seeds = "
+                             "the kinds the seed tasks show (new subjects and inputs), to specialise on your tasks")
     # respond / explain
     output: Literal["replace", "add"] = "replace"
     system_prompts: list[str] | None = None

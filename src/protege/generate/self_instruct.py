@@ -105,7 +105,7 @@ class SelfInstruct:
         n_gen = min(g.num_generated_in_prompt, len(kept))
         demos = rng.sample(self.seeds, g.num_prompt_tasks - n_gen) + rng.sample(kept, n_gen)
         rng.shuffle(demos)
-        prompt = render([t for _, t in demos], g.tasks_per_request, self.json_mode, g.output_words)
+        prompt = render([t for _, t in demos], g.tasks_per_request, self.json_mode, g.output_words, g.variety)
         req = Request(messages=[{"role": "user", "content": prompt}], sampling=sampling, sample_index=i,
                       json_mode=self.json_mode)
         return req, [sid for sid, _ in demos]

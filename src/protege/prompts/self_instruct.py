@@ -20,6 +20,9 @@ BLOCKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file"
              "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram")
 _BLOCK_RE = re.compile(r"\b(" + "|".join(re.escape(w) for w in BLOCKLIST) + r")\b", re.IGNORECASE)
 _NO_INPUT = {"", "<noinput>", "<no input>", "noinput", "none", "n/a", "na", "(none)", "-", "<none>", "null"}
+# A placeholder written in the output slot (seen from the 1.5B teacher: "Output: <noinput>"); "None" or "null" can be
+# real answers, so only the markers count.
+_NO_OUTPUT = {"", "<noinput>", "<no input>", "noinput", "<none>", "<nooutput>", "<no output>"}
 
 
 @dataclass
@@ -35,13 +38,24 @@ class Parsed:
     dropped: list[tuple[str, str]]  # (raw block, reason)
 
 
+# The guideline on what kinds of task to write: Alpaca's "many kinds of work" (broad), or the seeds' own kinds
+# (a user specialising a student to their tasks wants more of those, with new subjects and inputs).
+VARIETY = {
+    "broad": """- Cover many kinds of work: open questions, writing, rewriting, summarizing, classification,
+  extraction, step-by-step reasoning, math, coding, advice, brainstorming, editing.""",
+    "seeds": """- Stay with the kinds of work the examples show: the same types of task and the same output
+  formats, on new subjects, with new inputs and new wording. Do not switch to other kinds of task.""",
+}
+
+
 def template(json_mode: bool = False) -> Template:
     return load("self_instruct_json" if json_mode else "self_instruct")
 
 
-def render(examples: list[Task], num_new: int, json_mode: bool = False, output_words: int = 150) -> str:
+def render(examples: list[Task], num_new: int, json_mode: bool = False, output_words: int = 150,
+           variety: str = "broad") -> str:
     """The request prompt: the example tasks, numbered 1..k, then the ask for `num_new` more, each with an output
-    preferably under `output_words` words."""
+    preferably under `output_words` words, of many kinds (`variety` broad) or of the examples' kinds (seeds)."""
     tpl = template(json_mode)
     k = len(examples)
     if json_mode:
@@ -52,7 +66,7 @@ def render(examples: list[Task], num_new: int, json_mode: bool = False, output_w
             f"### Task {i}\nInstruction: {t.instruction}\nInput: {t.input or '<noinput>'}\nOutput: {t.output}"
             for i, t in enumerate(examples, 1))
     return tpl.text.format(num_examples=k, examples=shown, num_new=num_new, first=k + 1, last=k + num_new,
-                           output_words=output_words)
+                           output_words=output_words, variety=VARIETY[variety])
 
 
 _HEADER = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*)?[ \t]*Task[ \t]*#?(\d+)[ \t]*[:.)]?[ \t]*(?:\*\*)?[ \t]*:?[ \t]*$",
@@ -98,7 +112,7 @@ def _task_or_reason(fields: dict[str, object]) -> Task | str:
     inst, inp, out = (fields.get(k) for k in ("instruction", "input", "output"))
     if not isinstance(inst, str) or not inst.strip():
         return "malformed: no instruction"
-    if not isinstance(out, str) or not out.strip():
+    if not isinstance(out, str) or out.strip().strip('"').lower() in _NO_OUTPUT:
         return "malformed: no output"
     if inp is not None and not isinstance(inp, str):
         return "malformed: input is not text"
